@@ -1,0 +1,401 @@
+"""The one derived-series writer: new slices in HU -> a conformant derived CT series.
+
+Used by ``simulate`` now and by ``denoise`` and the DICOM node: one place decides which
+attributes are kept from the source, which are new, and how pixels are encoded (SPEC
+section 4). Output is classic CT Image Storage in explicit VR little endian, written into a
+hidden temporary folder and renamed into place at the end, so an interrupted run never
+leaves a half series that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from manas_infer import __version__
+from manas_infer.data.series import CT_IMAGE_STORAGE, CTSeries, sop_class_of
+from manas_infer.errors import InputProblem
+
+NOT_FOR_DIAGNOSIS = "Not for primary diagnosis"
+
+# Body parts (DICOM defined terms) that are not paired: Laterality must then be absent.
+# For any other or unknown body part Laterality is Type 2C-required, so it is left empty.
+_UNPAIRED_BODY_PARTS = {
+    "HEAD",
+    "SKULL",
+    "BRAIN",
+    "NECK",
+    "HEADNECK",
+    "CHEST",
+    "THORAX",
+    "HEART",
+    "ABDOMEN",
+    "PELVIS",
+    "ABDOMENPELVIS",
+    "CHESTABDOMEN",
+    "CHESTABDPELVIS",
+    "WHOLEBODY",
+    "SPINE",
+    "CSPINE",
+    "TSPINE",
+    "LSPINE",
+    "SSPINE",
+    "COCCYX",
+    "LIVER",
+    "PANCREAS",
+    "AORTA",
+}
+
+# Attributes copied from each source slice, by module (CT Image IOD). Everything else,
+# private tags included, is left behind: a derived image must not claim what it is not.
+_KEEP = (  # fmt: skip
+    # Patient
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    # General Study
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+    # General Series (the series itself is new; these describe the acquisition)
+    "Modality",
+    "BodyPartExamined",
+    "PatientPosition",
+    "ProtocolName",
+    "Laterality",
+    # Frame of Reference
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    # General Equipment (of the scanner; ours goes into ContributingEquipmentSequence)
+    "Manufacturer",
+    "InstitutionName",
+    "StationName",
+    "ManufacturerModelName",
+    "DeviceSerialNumber",
+    "SoftwareVersions",
+    # General Image / Acquisition
+    "InstanceNumber",
+    "PatientOrientation",
+    "ContentDate",
+    "ContentTime",
+    "AcquisitionNumber",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "AcquisitionDateTime",
+    "LossyImageCompression",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
+    # Image Plane
+    "PixelSpacing",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "SliceLocation",
+    # Image Pixel (pixel format of the source)
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PixelPaddingValue",
+    # CT Image
+    "RescaleIntercept",
+    "RescaleSlope",
+    "RescaleType",
+    "KVP",
+    "DataCollectionDiameter",
+    "ReconstructionDiameter",
+    "DistanceSourceToDetector",
+    "DistanceSourceToPatient",
+    "GantryDetectorTilt",
+    "TableHeight",
+    "RotationDirection",
+    "ExposureTime",
+    "XRayTubeCurrent",
+    "Exposure",
+    "FilterType",
+    "GeneratorPower",
+    "FocalSpots",
+    "ConvolutionKernel",
+    "RevolutionTime",
+    "SingleCollimationWidth",
+    "TotalCollimationWidth",
+    "TableSpeed",
+    "TableFeedPerRotation",
+    "SpiralPitchFactor",
+    "CTDIvol",
+    "CTDIPhantomTypeCodeSequence",
+    "ReconstructionAlgorithm",
+    # VOI LUT
+    "WindowCenter",
+    "WindowWidth",
+    "WindowCenterWidthExplanation",
+    # SOP Common
+    "SpecificCharacterSet",
+    "TimezoneOffsetFromUTC",
+)
+
+
+def _code(value: str, meaning: str, scheme: str = "DCM") -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """What produced a derived series; it names it, describes it and seeds its UIDs.
+
+    ``identity`` must change whenever the output would (model file hash, simulator
+    settings and seed), and stay the same otherwise: UIDs are hashed from it and from the
+    source UIDs, so processing the same series twice yields the same UIDs and a PACS can
+    deduplicate the resend.
+    """
+
+    identity: str
+    series_description: str  # shown in the viewer's series list, at most 64 characters
+    derivation_description: str  # what was done, for the DerivationDescription attribute
+    series_number_offset: int = 1000
+    equipment_model: str = "manas-infer"
+    contribution: str = "AI denoising"
+
+
+@dataclass(frozen=True)
+class WrittenSeries:
+    """Where a derived series went and what it is called."""
+
+    folder: Path
+    series_uid: str
+    n_slices: int
+
+
+def derived_uid(*parts: str) -> str:
+    """A deterministic UID from the given strings (pydicom hashes them under its root)."""
+    return str(generate_uid(entropy_srcs=["manas-infer", *parts]))
+
+
+def encode_hu(hu: np.ndarray, source: Dataset) -> np.ndarray:
+    """HU -> stored values in the source's pixel format, clipped to what it can hold."""
+    slope = float(source.get("RescaleSlope", 1) or 1)
+    intercept = float(source.get("RescaleIntercept", 0) or 0)
+    bits_stored = int(source.BitsStored)
+    if int(source.PixelRepresentation) == 1:
+        low, high = -(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1
+        dtype = np.int16 if int(source.BitsAllocated) == 16 else np.int32
+    else:
+        low, high = 0, 2**bits_stored - 1
+        dtype = np.uint16 if int(source.BitsAllocated) == 16 else np.uint32
+    stored = np.rint((hu.astype(np.float64) - intercept) / slope)
+    return np.clip(stored, low, high).astype(dtype)
+
+
+def _slice_dataset(
+    series: CTSeries,
+    index: int,
+    hu: np.ndarray,
+    derivation: Derivation,
+    series_uid: str,
+    now: dt.datetime,
+) -> Dataset:
+    src = series.slices[index].dataset
+    source_sop = series.slices[index].sop_instance_uid
+    source_class = sop_class_of(src) or CT_IMAGE_STORAGE
+    ds = Dataset()
+    for keyword in _KEEP:
+        if keyword in src:
+            ds[keyword] = src[keyword]
+    if int(src.BitsAllocated) not in (16, 32):
+        raise InputProblem(series.slices[index].path, f"BitsAllocated {src.BitsAllocated}")
+
+    # Type 1 identifiers that real sources sometimes lack: derive them so output stays valid.
+    if not ds.get("StudyInstanceUID"):
+        ds.StudyInstanceUID = derived_uid("study", series.series_uid)
+    if not ds.get("FrameOfReferenceUID"):
+        ds.FrameOfReferenceUID = derived_uid("frame-of-reference", series.series_uid)
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+        "StudyID",
+        "AccessionNumber",
+        "PositionReferenceIndicator",
+        "Manufacturer",
+        "KVP",
+        "AcquisitionNumber",
+    ):
+        if keyword not in ds:
+            setattr(ds, keyword, "")  # Type 2: present, may be empty
+    body_part = str(ds.get("BodyPartExamined", "") or "").upper()
+    if "Laterality" not in ds and body_part not in _UNPAIRED_BODY_PARTS:
+        ds.Laterality = ""  # Type 2C and unknown to us
+
+    stamp_date, stamp_time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = derived_uid(derivation.identity, "instance", source_sop)
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = "CT"
+    source_number = int(src.get("SeriesNumber") or 0)
+    ds.SeriesNumber = source_number + derivation.series_number_offset
+    ds.SeriesDescription = derivation.series_description[:64]
+    ds.SeriesDate, ds.SeriesTime = stamp_date, stamp_time
+    ds.InstanceCreationDate, ds.InstanceCreationTime = stamp_date, stamp_time
+    if "InstanceNumber" not in ds:
+        ds.InstanceNumber = index + 1
+    if "ContentDate" not in ds:
+        ds.ContentDate, ds.ContentTime = stamp_date, stamp_time
+
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.DerivationDescription = derivation.derivation_description[:1024]
+    ds.ImageComments = f"AI-processed by manas-infer {__version__}. {NOT_FOR_DIAGNOSIS}."
+    ds.BurnedInAnnotation = "NO"
+
+    source_item = Dataset()
+    source_item.ReferencedSOPClassUID = source_class
+    source_item.ReferencedSOPInstanceUID = source_sop
+    source_item.PurposeOfReferenceCodeSequence = Sequence(
+        [_code("121322", "Source image for image processing operation")]
+    )
+    source_item.SpatialLocationsPreserved = "YES"
+    ds.SourceImageSequence = Sequence([source_item])
+
+    if not series.series_uid.startswith("no-series-uid:"):
+        instance = Dataset()
+        instance.ReferencedSOPClassUID = source_class
+        instance.ReferencedSOPInstanceUID = source_sop
+        referenced = Dataset()
+        referenced.SeriesInstanceUID = series.series_uid
+        referenced.ReferencedInstanceSequence = Sequence([instance])
+        ds.ReferencedSeriesSequence = Sequence([referenced])
+
+    equipment = Dataset()
+    equipment.PurposeOfReferenceCodeSequence = Sequence([_code("109102", "Processing Equipment")])
+    equipment.Manufacturer = "manas-infer"
+    equipment.ManufacturerModelName = derivation.equipment_model[:64]
+    equipment.SoftwareVersions = __version__
+    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S")
+    equipment.ContributionDescription = derivation.contribution[:1024]
+    ds.ContributingEquipmentSequence = Sequence([equipment])
+
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    stored = encode_hu(hu, src)
+    padding = src.get("PixelPaddingValue")
+    if padding is not None:
+        # Padding outside the field of view stays padding: it is not anatomy to denoise.
+        original = pydicom.dcmread(series.slices[index].path).pixel_array
+        stored[original == padding] = padding
+    ds.PixelData = stored.tobytes()
+
+    add_file_meta(ds)
+    return ds
+
+
+def add_file_meta(ds: Dataset) -> None:
+    """File meta for explicit VR little endian, the encoding every output uses."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_series_folder(
+    out_dir: Path,
+    datasets: Iterable[Dataset],
+    overwrite: bool = False,
+    on_slice: Callable[[], None] | None = None,
+) -> int:
+    """Write datasets as ``CT00001.dcm``... so the folder appears only once complete.
+
+    Files go into a hidden sibling folder, each fsynced, then the folder is renamed into
+    place. An existing ``out_dir`` is refused unless ``overwrite``. Returns the file count.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise InputProblem(out_dir, "output folder exists (use --overwrite to replace it)")
+    partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    count = 0
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        for count, ds in enumerate(datasets, start=1):
+            with open(partial / f"CT{count:05d}.dcm", "wb") as f:
+                ds.save_as(f, enforce_file_format=True)
+                f.flush()
+                os.fsync(f.fileno())
+            if on_slice is not None:
+                on_slice()
+        _fsync_dir(partial)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(partial, out_dir)
+        _fsync_dir(out_dir.parent)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        reason = exc.strerror or str(exc)
+        raise InputProblem(out_dir, f"cannot write the series ({reason})") from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return count
+
+
+def write_derived_series(
+    series: CTSeries,
+    hu: np.ndarray,
+    derivation: Derivation,
+    out_dir: Path,
+    overwrite: bool = False,
+    on_slice: Callable[[], None] | None = None,
+) -> WrittenSeries:
+    """Write ``hu`` [S, H, W] (in the series' slice order) as a derived series in ``out_dir``."""
+    if hu.shape != (series.n_slices, *series.shape):
+        expected = (series.n_slices, *series.shape)
+        raise ValueError(f"pixels {hu.shape} do not match the series {expected}")
+    series_uid = derived_uid(derivation.identity, "series", series.series_uid)
+    now = dt.datetime.now()
+    datasets = (
+        _slice_dataset(series, i, hu[i], derivation, series_uid, now)
+        for i in range(series.n_slices)
+    )
+    count = write_series_folder(Path(out_dir), datasets, overwrite, on_slice)
+    return WrittenSeries(Path(out_dir), series_uid, count)

