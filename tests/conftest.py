@@ -29,7 +29,7 @@ def need(path: Path) -> Path:
 
 def copy_slices(source: Path, target: Path, count: int, start: int = 0) -> list[Path]:
     """Copy ``count`` consecutive files of a real series into ``target`` (tests edit copies)."""
-    files = sorted(p for p in need(source).iterdir() if p.is_file() and not p.suffix == ".txt")
+    files = sorted(p for p in need(source).iterdir() if p.is_file() and p.suffix != ".txt")
     target.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy(f, target / f.name)) for f in files[start : start + count]]
 

@@ -226,5 +226,5 @@ def test_metaimage_volume_reads_in_hu() -> None:
 def test_unreadable_volume_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"not a volume")
-    with pytest.raises(InputProblem, match="broken.nii.gz: cannot be read as a volume"):
+    with pytest.raises(InputProblem, match=r"broken\.nii\.gz: cannot be read as a volume"):
         CTVolume(bad)

@@ -56,108 +56,37 @@ _UNPAIRED_BODY_PARTS = {
     "AORTA",
 }
 
-# Attributes copied from each source slice, by module (CT Image IOD). Everything else,
+# Attributes copied from each source slice, by module of the CT Image IOD. Everything else,
 # private tags included, is left behind: a derived image must not claim what it is not.
-_KEEP = (  # fmt: skip
-    # Patient
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "PatientAge",
-    "PatientSize",
-    "PatientWeight",
-    "PatientIdentityRemoved",
-    "DeidentificationMethod",
+KEPT_BY_MODULE = {
+    "Patient": "PatientName PatientID IssuerOfPatientID PatientBirthDate PatientSex "
+    "PatientAge PatientSize PatientWeight PatientIdentityRemoved DeidentificationMethod "
     "DeidentificationMethodCodeSequence",
-    # General Study
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-    "StudyDescription",
-    # General Series (the series itself is new; these describe the acquisition)
-    "Modality",
-    "BodyPartExamined",
-    "PatientPosition",
-    "ProtocolName",
-    "Laterality",
-    # Frame of Reference
-    "FrameOfReferenceUID",
-    "PositionReferenceIndicator",
-    # General Equipment (of the scanner; ours goes into ContributingEquipmentSequence)
-    "Manufacturer",
-    "InstitutionName",
-    "StationName",
-    "ManufacturerModelName",
-    "DeviceSerialNumber",
-    "SoftwareVersions",
-    # General Image / Acquisition
-    "InstanceNumber",
-    "PatientOrientation",
-    "ContentDate",
-    "ContentTime",
-    "AcquisitionNumber",
-    "AcquisitionDate",
-    "AcquisitionTime",
-    "AcquisitionDateTime",
-    "LossyImageCompression",
-    "LossyImageCompressionRatio",
-    "LossyImageCompressionMethod",
-    # Image Plane
-    "PixelSpacing",
-    "ImageOrientationPatient",
-    "ImagePositionPatient",
-    "SliceThickness",
-    "SpacingBetweenSlices",
-    "SliceLocation",
-    # Image Pixel (pixel format of the source)
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
+    "General Study": "StudyInstanceUID StudyDate StudyTime ReferringPhysicianName StudyID "
+    "AccessionNumber StudyDescription",
+    # The series itself is new; these describe the acquisition it comes from.
+    "General Series": "Modality BodyPartExamined PatientPosition ProtocolName Laterality",
+    "Frame of Reference": "FrameOfReferenceUID PositionReferenceIndicator",
+    # The scanner; our own equipment goes into ContributingEquipmentSequence.
+    "General Equipment": "Manufacturer InstitutionName StationName ManufacturerModelName "
+    "DeviceSerialNumber SoftwareVersions",
+    "General Image": "InstanceNumber PatientOrientation ContentDate ContentTime "
+    "AcquisitionNumber AcquisitionDate AcquisitionTime AcquisitionDateTime "
+    "LossyImageCompression LossyImageCompressionRatio LossyImageCompressionMethod",
+    "Image Plane": "PixelSpacing ImageOrientationPatient ImagePositionPatient SliceThickness "
+    "SpacingBetweenSlices SliceLocation",
+    "Image Pixel": "Rows Columns BitsAllocated BitsStored HighBit PixelRepresentation "
     "PixelPaddingValue",
-    # CT Image
-    "RescaleIntercept",
-    "RescaleSlope",
-    "RescaleType",
-    "KVP",
-    "DataCollectionDiameter",
-    "ReconstructionDiameter",
-    "DistanceSourceToDetector",
-    "DistanceSourceToPatient",
-    "GantryDetectorTilt",
-    "TableHeight",
-    "RotationDirection",
-    "ExposureTime",
-    "XRayTubeCurrent",
-    "Exposure",
-    "FilterType",
-    "GeneratorPower",
-    "FocalSpots",
-    "ConvolutionKernel",
-    "RevolutionTime",
-    "SingleCollimationWidth",
-    "TotalCollimationWidth",
-    "TableSpeed",
-    "TableFeedPerRotation",
-    "SpiralPitchFactor",
-    "CTDIvol",
-    "CTDIPhantomTypeCodeSequence",
-    "ReconstructionAlgorithm",
-    # VOI LUT
-    "WindowCenter",
-    "WindowWidth",
-    "WindowCenterWidthExplanation",
-    # SOP Common
-    "SpecificCharacterSet",
-    "TimezoneOffsetFromUTC",
-)
+    "CT Image": "RescaleIntercept RescaleSlope RescaleType KVP DataCollectionDiameter "
+    "ReconstructionDiameter DistanceSourceToDetector DistanceSourceToPatient "
+    "GantryDetectorTilt TableHeight RotationDirection ExposureTime XRayTubeCurrent Exposure "
+    "FilterType GeneratorPower FocalSpots ConvolutionKernel RevolutionTime "
+    "SingleCollimationWidth TotalCollimationWidth TableSpeed TableFeedPerRotation "
+    "SpiralPitchFactor CTDIvol CTDIPhantomTypeCodeSequence ReconstructionAlgorithm",
+    "VOI LUT": "WindowCenter WindowWidth WindowCenterWidthExplanation",
+    "SOP Common": "SpecificCharacterSet TimezoneOffsetFromUTC",
+}
+_KEEP = tuple(keyword for names in KEPT_BY_MODULE.values() for keyword in names.split())
 
 
 def _code(value: str, meaning: str, scheme: str = "DCM") -> Dataset:
