@@ -345,6 +345,133 @@ def prepare(
     )
 
 
+class PresetName(StrEnum):
+    auto = "auto"
+    paper = "paper"
+    small = "small"
+    tiny = "tiny"
+
+
+@app.command()
+def train(
+    dose: float = typer.Option(..., help="Dose in percent to train for: 10, 5, 2.5..."),
+    data: Path | None = typer.Option(
+        None,
+        help="Normal-dose CT root (one folder per patient). Default: $MANAS_DATA or "
+        "`data` in manas-infer.toml. Never a silent fallback to synthetic images.",
+    ),
+    preset: PresetName = typer.Option(
+        PresetName.auto,
+        help="paper: L=12 D=4 K=5 P=3, 200 epochs, batch 2, 256x256 (a GPU); "
+        "small: a real search and retrain in minutes on a CPU; tiny: seconds, for checks; "
+        "auto: paper on a GPU, small otherwise.",
+    ),
+    test_patient: list[str] = typer.Option(
+        [], help="PatientID or folder name of a test patient (repeat for several)."
+    ),
+    size: int | None = typer.Option(None, help="Override the preset's image size."),
+    search_epochs: int | None = typer.Option(None, min=2, help="Override search epochs."),
+    retrain_epochs: int | None = typer.Option(None, min=1, help="Override retrain epochs."),
+    batch: int | None = typer.Option(None, min=1, help="Override the batch size."),
+    max_slices: int | None = typer.Option(None, min=1, help="Slices per patient, at most."),
+    perceptual_weight: float = typer.Option(
+        1e-4, help="lambda of the VGG-16 perceptual loss (paper: 1e-4); 0 trains on MSE alone."
+    ),
+    vgg_weights: Path | None = typer.Option(
+        None, help="torchvision's vgg16-397923af.pth; default: the torch hub cache."
+    ),
+    fresh_noise: bool = typer.Option(
+        False, help="Draw a new low-dose noise realisation for every batch, on the device."
+    ),
+    views: int = typer.Option(720, help="Projection angles for the dose simulation."),
+    seed: int = typer.Option(0, help="Seed: the same seed and data give the same run."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on CUDA)."),
+    runs: Path = typer.Option(Path("runs"), help="Folder that holds run directories."),
+    cache: Path | None = typer.Option(
+        None, help="Dataset cache. Default: $MANAS_CACHE or ~/.cache/manas-infer."
+    ),
+    resume: Path | None = typer.Option(
+        None,
+        help="Continue a run directory exactly where it stopped (other options are "
+        "taken from its config.json).",
+    ),
+) -> None:
+    """Search a MANAS denoiser for a dose, derive it, retrain it from scratch and evaluate
+    it on held-out patients, all in one run directory. Multi-GPU: launch with
+    `torchrun --nproc_per_node=N -m manas_infer train ...`."""
+    from manas_infer.config import ConfigError, cache_root, resolve_data_root
+    from manas_infer.train.distributed import init_distributed, shutdown
+    from manas_infer.train.presets import PRESETS
+    from manas_infer.train.run import RunConfig, Trainer, create_run, load_run_config
+
+    torch_device = _device(device)
+    try:
+        if resume is not None:
+            config = load_run_config(resume)
+            folder = resume
+        else:
+            if dose <= 0 or dose > 100:
+                raise ValueError(f"dose must be in (0, 100] percent, got {dose:g}")
+            name = preset.value
+            if name == "auto":
+                name = "paper" if torch_device.type == "cuda" else "small"
+                console.print(f"preset: {name} ({torch_device.type} found)")
+            chosen = PRESETS[name].with_overrides(
+                size=size,
+                search_epochs=search_epochs,
+                retrain_epochs=retrain_epochs,
+                batch=batch,
+                max_slices_per_patient=max_slices,
+            )
+            chosen.check()
+            config = RunConfig(
+                preset=chosen,
+                dose=dose,
+                data_root=str(resolve_data_root(data).resolve()),
+                cache_root=str((cache or cache_root()).resolve()),
+                test_patients=tuple(test_patient),
+                seed=seed,
+                perceptual_weight=perceptual_weight,
+                vgg_weights=str(vgg_weights) if vgg_weights else None,
+                fresh_noise=fresh_noise,
+                n_views=views,
+            )
+            _dose_settings(dose, views, "insertion")
+            if perceptual_weight > 0:
+                from manas_infer.train.perceptual import find_vgg16_weights
+
+                find_vgg16_weights(vgg_weights)
+            folder = None
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    ctx = init_distributed(torch_device)
+    try:
+        if folder is None:
+            folder = create_run(runs, config) if ctx.is_main else None
+            if ctx.active:
+                import torch.distributed as dist
+
+                shared = [str(folder) if folder else None]
+                dist.broadcast_object_list(shared, 0)
+                folder = Path(shared[0])
+        console.print(f"run directory: {folder}")
+        try:
+            metrics = Trainer(folder, config, ctx).run()
+        except InputProblem as problem:
+            report_problem(problem, "refused")
+            raise typer.Exit(1) from None
+        if ctx.is_main:
+            low, net = metrics["mean_sd"]["low_dose"], metrics["mean_sd"]["network"]
+            console.print(
+                f"[green]done[/green] {folder}: test PSNR {low['psnr'][0]:.2f} -> "
+                f"{net['psnr'][0]:.2f} dB, SSIM {low['ssim'][0]:.4f} -> {net['ssim'][0]:.4f} "
+                f"({metrics['test_slices']} slices, {metrics['parameters']:,} parameters, "
+                f"{metrics['gflops_512']:.1f} GFLOPs at 512x512)"
+            )
+    finally:
+        shutdown(ctx)
+
+
 @app.command()
 def phantom(
     out: Path = typer.Argument(..., help="Folder to write the synthetic series into."),

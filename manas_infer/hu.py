@@ -14,3 +14,13 @@ def window_bounds(window: tuple[float, float]) -> tuple[float, float]:
     """(level, width) -> (low, high) in HU."""
     level, width = window
     return level - width / 2.0, level + width / 2.0
+
+
+def normalize(hu):
+    """HU -> [0, 1] over [HU_MIN, HU_MAX], the networks' input scale (works on tensors too)."""
+    return (hu - HU_MIN) / (HU_MAX - HU_MIN)
+
+
+def denormalize(x):
+    """[0, 1] -> HU, the inverse of ``normalize``."""
+    return x * (HU_MAX - HU_MIN) + HU_MIN

@@ -1,0 +1,1 @@
+"""torch -> ONNX export of derived networks (installed as ``manas_infer.export``)."""

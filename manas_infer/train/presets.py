@@ -1,0 +1,68 @@
+"""Named training configurations: the paper's, and one that finishes on a CPU in minutes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from manas_infer.train.supernet import check_grid
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything about a run's size and schedule (the data and dose come separately)."""
+
+    name: str
+    C: int  # stem width; depth d has C * 2^(d-1) channels
+    L: int  # layers of the grid
+    D: int  # depths of the grid
+    K: int  # shortest paths kept when deriving the network
+    P: int  # nodes per cell
+    search_epochs: int
+    warmup_epochs: int  # weights only, before architecture steps start (the paper: 8)
+    retrain_epochs: int
+    batch: int
+    size: int  # training images are size x size
+    lr: float = 1e-4  # weights, cosine-annealed to lr_min
+    lr_min: float = 1e-7
+    arch_lr: float = 1e-4
+    max_slices_per_patient: int | None = None
+
+    def check(self) -> None:
+        """Refuse, before any work, a preset that cannot run at its image size."""
+        check_grid(self.L, self.D)
+        multiple = 2 ** (self.D - 1)
+        if self.size % multiple or self.size // multiple < 8:
+            raise ValueError(
+                f"preset {self.name!r}: depth D={self.D} needs images that are a multiple of "
+                f"{multiple} and at least {8 * multiple} pixels (the deepest level must keep "
+                f"8x8 pixels); --size {self.size} does not fit"
+            )
+        if self.warmup_epochs >= self.search_epochs:
+            raise ValueError(
+                f"preset {self.name!r}: {self.warmup_epochs} warm-up epochs leave no "
+                f"architecture epochs out of {self.search_epochs}"
+            )
+        for name in ("C", "K", "P", "batch", "search_epochs", "retrain_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"preset {self.name!r}: {name} must be at least 1")
+
+    def with_overrides(self, **changes: object) -> Preset:
+        """A copy with the given fields changed (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    # The paper (Sec. 4.2): L=12, D=4, K=5, P=3, 200 epochs, batch 2, 256 x 256, 8 warm-up.
+    "paper": Preset("paper", C=8, L=12, D=4, K=5, P=3, search_epochs=200, warmup_epochs=8,
+                    retrain_epochs=200, batch=2, size=256),
+    # A real search and retrain that finishes on a 2-core CPU in minutes: a smaller grid,
+    # 64 x 64 images, at most 64 slices per patient.
+    "small": Preset("small", C=8, L=4, D=3, K=3, P=3, search_epochs=8, warmup_epochs=2,
+                    retrain_epochs=20, batch=4, size=64, max_slices_per_patient=64),
+    # Seconds, for tests and smoke runs: a tiny grid on 32 x 32 images.
+    "tiny": Preset("tiny", C=4, L=2, D=2, K=2, P=2, search_epochs=3, warmup_epochs=1,
+                   retrain_epochs=3, batch=4, size=32, max_slices_per_patient=8),
+}  # fmt: skip

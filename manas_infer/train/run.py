@@ -1,0 +1,479 @@
+"""A training run: search -> derive -> retrain -> evaluate, in one run directory.
+
+    RUN_DIR/config.json          what was asked for (preset, dose, data, seed, loss)
+    RUN_DIR/dataset.json         the cached dataset it used and its split counts
+    RUN_DIR/genotype.json        the derived architecture, written after the search
+    RUN_DIR/genotype.png         a picture of it: kept grid edges and the three cells
+    RUN_DIR/curves.png           losses and validation PSNR per epoch
+    RUN_DIR/checkpoints/state.pt everything needed to resume, written every epoch
+    RUN_DIR/checkpoints/best.pt  retrained weights with the best validation PSNR
+    RUN_DIR/checkpoints/last.pt  retrained weights after the last epoch
+    RUN_DIR/metrics.json         test-split quality of the low-dose input and the network
+
+Decisions the paper leaves open (also in the README):
+- Validation: the arch-data slices double as the retraining's validation set (best
+  checkpoint); the test patients are only touched once, at the end.
+- Resume is exact: every random choice is a function of (seed, stage, epoch) or of a saved
+  generator state, and the state is saved at each epoch's end; a killed run repeats at most
+  its interrupted epoch and ends with the same weights as an uninterrupted one.
+- If no derived genotype with at most two skips per cell was seen before the skip rule
+  stops the search (possible only right after the weights-only warm-up, when alphas are
+  still their random initial values), skip is kept on the two edges where its alpha is
+  largest and the other edges take their best other op.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+
+from manas_infer import __version__
+from manas_infer.console import console, progress
+from manas_infer.data.dataset import DatasetSpec, FreshNoise, SplitConfig, prepare_dataset
+from manas_infer.hu import normalize
+from manas_infer.metrics import mean_sd, quality
+from manas_infer.simulate.dose import DoseSettings
+from manas_infer.train.architect import Architect, search_step
+from manas_infer.train.derive import (
+    MAX_SKIP_CONNECTIONS,
+    count_skip_connections,
+    derive_cells,
+    derive_genotype,
+)
+from manas_infer.train.distributed import DistContext, barrier, broadcast_flag
+from manas_infer.train.genotype import Genotype
+from manas_infer.train.loss import DenoiseLoss
+from manas_infer.train.network import DerivedNetwork
+from manas_infer.train.operations import PRIMITIVES
+from manas_infer.train.presets import Preset
+from manas_infer.train.profile import count_flops, count_parameters
+from manas_infer.train.supernet import SuperNet
+
+STAGES = ("search", "retrain", "evaluate", "done")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run depends on; saved as config.json and reloaded by --resume."""
+
+    preset: Preset
+    dose: float
+    data_root: str
+    cache_root: str
+    test_patients: tuple[str, ...] = ()
+    n_test_patients: int = 1
+    seed: int = 0
+    perceptual_weight: float = 1e-4
+    vgg_weights: str | None = None
+    fresh_noise: bool = False
+    n_views: int = 720
+    arch: str = "manas"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "preset": self.preset.to_dict(), "software_version": __version__}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        data = {k: v for k, v in data.items() if k != "software_version"}
+        data["preset"] = Preset(**data["preset"])
+        data["test_patients"] = tuple(data["test_patients"])
+        return cls(**data)
+
+
+def _save_atomically(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _epoch_seed(seed: int, stage: str, epoch: int) -> int:
+    return (seed * 1_000_003 + STAGES.index(stage) * 10_007 + epoch) % (2**63)
+
+
+def epoch_batches(n: int, batch: int, seed: int, stage: str, epoch: int, ctx: DistContext):
+    """This process's shuffled index batches for one epoch: a function of (seed, stage,
+    epoch) only, so a resumed run sees the same order; each process gets an equal shard."""
+    order = torch.randperm(
+        n, generator=torch.Generator().manual_seed(_epoch_seed(seed, stage, epoch))
+    )
+    per_rank = n // ctx.world
+    mine = order[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
+    return [mine[i : i + batch] for i in range(0, len(mine), batch)]
+
+
+def capped_cells(alphas: dict[str, Tensor]) -> dict[str, tuple[str, ...]]:
+    """Argmax cells with at most MAX_SKIP_CONNECTIONS skips each (see the module docstring)."""
+    skip = PRIMITIVES.index("skip_connect")
+    cells = {}
+    for cell_type, ops in derive_cells(alphas).items():
+        a = alphas[cell_type].detach()
+        ops = list(ops)
+        skipped = [k for k, op in enumerate(ops) if op == "skip_connect"]
+        skipped.sort(key=lambda k: float(a[k, skip]), reverse=True)
+        for k in skipped[MAX_SKIP_CONNECTIONS:]:
+            others = a[k].clone()
+            others[skip] = -math.inf
+            ops[k] = PRIMITIVES[int(others.argmax())]
+        cells[cell_type] = tuple(ops)
+    return cells
+
+
+class Trainer:
+    """Runs (or resumes) one run directory to the end. One per process under torchrun."""
+
+    def __init__(self, folder: Path, config: RunConfig, ctx: DistContext) -> None:
+        self.folder, self.config, self.ctx = Path(folder), config, ctx
+        self.preset = config.preset
+        self.device = ctx.device
+        self.autocast = self.device.type == "cuda"  # bf16 on GPUs; plain float32 on CPUs
+        self.checkpoints = self.folder / "checkpoints"
+        self.state_path = self.checkpoints / "state.pt"
+        self.loss = DenoiseLoss(config.perceptual_weight, config.vgg_weights).to(self.device)
+        self._load_data()
+        self.state = (
+            torch.load(self.state_path, map_location="cpu", weights_only=False)
+            if self.state_path.is_file()
+            else {"stage": "search", "epoch": 0, "history": {}, "genotype": None}
+        )
+
+    # ---------------------------------------------------------------- data
+
+    def _load_data(self) -> None:
+        c = self.config
+        self.dose_settings = DoseSettings(dose_percent=c.dose, n_views=c.n_views)
+        spec = DatasetSpec(
+            dose=self.dose_settings,
+            size=self.preset.size,
+            split=SplitConfig(
+                test_patients=c.test_patients,
+                n_test_patients=c.n_test_patients,
+                max_slices_per_patient=self.preset.max_slices_per_patient,
+                seed=c.seed,
+            ),
+        )
+        cache = Path(c.cache_root) / "datasets"
+        if self.ctx.is_main:  # one process simulates; the others then read the cache
+            with progress() as bar:
+                task = bar.add_task(f"Preparing data at {c.dose:g} % dose", total=None)
+                prepared, problems = prepare_dataset(
+                    Path(c.data_root), spec, cache, device=self.device,
+                    on_total=lambda n: bar.update(task, total=n),
+                    on_slice=lambda n: bar.advance(task, n),
+                )  # fmt: skip
+            for problem in problems:
+                console.print(f"[yellow]skipped:[/yellow] {problem}")
+        barrier(self.ctx)
+        if not self.ctx.is_main:
+            prepared, _ = prepare_dataset(Path(c.data_root), spec, cache, device="cpu")
+        self.prepared = prepared
+        self.data: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        for split in ("train", "arch", "test"):
+            low, normal, spacing = prepared.arrays(split)
+            self.data[split] = tuple(
+                torch.from_numpy(a).to(self.device)
+                for a in (low, normal, spacing.astype("float32"))
+            )  # type: ignore[assignment]
+        self.fresh = (
+            FreshNoise(self.dose_settings, self.device, seed=c.seed + 17 + self.ctx.rank)
+            if c.fresh_noise
+            else None
+        )
+        if self.ctx.is_main:
+            summary = {"folder": str(prepared.folder), "counts": prepared.counts(),
+                       "spec": spec.to_dict(), "reused": prepared.reused}  # fmt: skip
+            (self.folder / "dataset.json").write_text(json.dumps(summary, indent=2))
+
+    def _batch(self, split: str, idx: Tensor, fresh: bool = True) -> tuple[Tensor, Tensor]:
+        """(low, normal) normalised [B, 1, H, W] on the device."""
+        low, normal, spacing = self.data[split]
+        idx = idx.to(self.device)
+        nd = normal[idx][:, None]
+        use_fresh = self.fresh is not None and fresh
+        ld = self.fresh(nd, spacing[idx]) if use_fresh else low[idx][:, None]
+        return normalize(ld), normalize(nd)
+
+    # ---------------------------------------------------------------- state
+
+    def _history(self, name: str, value: float) -> None:
+        self.state["history"].setdefault(name, []).append(value)
+
+    def _save_state(self, **modules: object) -> None:
+        if self.fresh is not None:
+            self.state["noise_rng"] = self.fresh.generator.get_state()
+        if self.ctx.is_main:
+            self.state.update(modules)
+            _save_atomically(self.state, self.state_path)
+        barrier(self.ctx)
+
+    def _restore_noise(self) -> None:
+        if self.fresh is not None and "noise_rng" in self.state:
+            self.fresh.generator.set_state(self.state["noise_rng"])
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.ctx.active:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    # ---------------------------------------------------------------- stages
+
+    def run(self) -> dict:
+        """Continue from the saved stage and epoch to the end; returns the test metrics."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self._restore_noise()
+        if self.state["stage"] == "search":
+            self._search()
+        if self.state["stage"] == "retrain":
+            self._retrain()
+        if self.state["stage"] == "evaluate":
+            self._evaluate()
+        return json.loads((self.folder / "metrics.json").read_text())
+
+    def _search(self) -> None:
+        p, c, started = self.preset, self.config, time.perf_counter()
+        torch.manual_seed(c.seed)
+        model = SuperNet(p.C, p.L, p.D, p.P).to(self.device)
+        forward = self._wrap(model)
+        weights_opt = torch.optim.Adam(model.weights(), lr=p.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            weights_opt, T_max=p.search_epochs, eta_min=p.lr_min
+        )
+        architect = Architect(model, lr=p.arch_lr, forward_model=forward)
+        if "search_model" in self.state:
+            model.load_state_dict(self.state["search_model"])
+            weights_opt.load_state_dict(self.state["search_weights_opt"])
+            architect.optimizer.load_state_dict(self.state["search_arch_opt"])
+            schedule.load_state_dict(self.state["search_schedule"])
+        n_train, n_arch = len(self.data["train"][1]), len(self.data["arch"][1])
+        steps = math.ceil(n_train // self.ctx.world / p.batch)
+        with progress() as bar:
+            task = bar.add_task("Search", total=steps * p.search_epochs)
+            bar.update(task, completed=steps * self.state["epoch"])
+            for epoch in range(self.state["epoch"], p.search_epochs):
+                arch_on = epoch >= p.warmup_epochs
+                train_b = epoch_batches(n_train, p.batch, c.seed, "search", epoch, self.ctx)
+                arch_b = epoch_batches(n_arch, p.batch, c.seed + 1, "search", epoch, self.ctx)
+                losses, arch_losses = [], []
+                for i, idx in enumerate(train_b):
+                    arch_batch = self._batch("arch", arch_b[i % len(arch_b)]) if arch_on else None
+                    w_loss, a_loss = search_step(
+                        forward, weights_opt, architect, self._batch("train", idx), arch_batch,
+                        self.loss, self.autocast,
+                    )  # fmt: skip
+                    losses.append(w_loss)
+                    if a_loss is not None:
+                        arch_losses.append(a_loss)
+                    bar.update(task, advance=1, description=(
+                        f"Search {epoch + 1}/{p.search_epochs}"
+                        f"{'' if arch_on else ' (weights only)'} loss {w_loss:.2e}"
+                    ))  # fmt: skip
+                schedule.step()
+                self._history("search_loss", sum(losses) / len(losses))
+                if arch_losses:
+                    self._history("search_arch_loss", sum(arch_losses) / len(arch_losses))
+                genotype = derive_genotype(model, p.K)
+                skips = {t: count_skip_connections(ops) for t, ops in genotype.cells.items()}
+                collapse = broadcast_flag(self.ctx, max(skips.values()) > MAX_SKIP_CONNECTIONS)
+                if collapse and self.state["genotype"] is None:
+                    capped = Genotype(C=p.C, L=p.L, D=p.D, P=p.P, cells=capped_cells(model.alphas),
+                                      edges=genotype.edges)  # fmt: skip
+                    self.state["genotype"] = capped.to_json()
+                elif not collapse:
+                    self.state["genotype"] = genotype.to_json()
+                self.state["epoch"] = epoch + 1
+                stop = collapse and arch_on
+                if stop:
+                    self.state["search_stopped_early"] = {"epoch": epoch + 1, "skips": skips}
+                    console.print(
+                        f"Search stopped after epoch {epoch + 1}: a derived cell would hold "
+                        f"more than {MAX_SKIP_CONNECTIONS} skip connections {skips}; keeping "
+                        "the last architecture that held at most two"
+                    )
+                self.state["seconds_search"] = self.state.get("seconds_search", 0.0) + (
+                    time.perf_counter() - started
+                )
+                started = time.perf_counter()
+                if stop or epoch + 1 == p.search_epochs:
+                    self.state.update(stage="retrain", epoch=0)
+                    for key in ("search_model", "search_weights_opt", "search_arch_opt",
+                                "search_schedule"):  # fmt: skip
+                        self.state.pop(key, None)
+                    self._save_state()
+                    break
+                self._save_state(
+                    search_model=model.state_dict(),
+                    search_weights_opt=weights_opt.state_dict(),
+                    search_arch_opt=architect.optimizer.state_dict(),
+                    search_schedule=schedule.state_dict(),
+                )
+        if self.ctx.is_main:
+            genotype = Genotype.from_json(self.state["genotype"])
+            genotype.save(self.folder / "genotype.json")
+            from manas_infer.train.plot import plot_genotype
+
+            plot_genotype(genotype, self.folder / "genotype.png")
+
+    def _retrain(self) -> None:
+        p, c, started = self.preset, self.config, time.perf_counter()
+        genotype = Genotype.from_json(self.state["genotype"])
+        torch.manual_seed(c.seed + 1)
+        model = DerivedNetwork(genotype).to(self.device)
+        forward = self._wrap(model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=p.retrain_epochs, eta_min=p.lr_min
+        )
+        if "retrain_model" in self.state:
+            model.load_state_dict(self.state["retrain_model"])
+            optimizer.load_state_dict(self.state["retrain_opt"])
+            schedule.load_state_dict(self.state["retrain_schedule"])
+        n_train = len(self.data["train"][1])
+        steps = math.ceil(n_train // self.ctx.world / p.batch)
+        with progress() as bar:
+            task = bar.add_task("Retrain", total=steps * p.retrain_epochs)
+            bar.update(task, completed=steps * self.state["epoch"])
+            for epoch in range(self.state["epoch"], p.retrain_epochs):
+                model.train()
+                losses = []
+                for idx in epoch_batches(n_train, p.batch, c.seed, "retrain", epoch, self.ctx):
+                    low, normal = self._batch("train", idx)
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                        loss = self.loss(forward(low), normal)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+                    bar.update(task, advance=1, description=(
+                        f"Retrain {epoch + 1}/{p.retrain_epochs} loss {losses[-1]:.2e}"
+                    ))  # fmt: skip
+                schedule.step()
+                val = self._quality(model, "arch")
+                val_psnr = mean_sd(val["psnr"])[0]
+                self._history("retrain_loss", sum(losses) / len(losses))
+                self._history("val_psnr", val_psnr)
+                bar.update(task, description=(
+                    f"Retrain {epoch + 1}/{p.retrain_epochs} loss {losses[-1]:.2e} "
+                    f"val PSNR {val_psnr:.2f} dB"
+                ))  # fmt: skip
+                weights = {"genotype": genotype.to_json(), "state_dict": model.state_dict(),
+                           "arch": c.arch, "dose": c.dose, "preset": p.name,
+                           "epoch": epoch + 1, "val_psnr": val_psnr}  # fmt: skip
+                if self.ctx.is_main:
+                    _save_atomically(weights, self.checkpoints / "last.pt")
+                    if val_psnr > self.state.get("best_val_psnr", -math.inf):
+                        self.state["best_val_psnr"] = val_psnr
+                        _save_atomically(weights, self.checkpoints / "best.pt")
+                self.state["seconds_retrain"] = self.state.get("seconds_retrain", 0.0) + (
+                    time.perf_counter() - started
+                )
+                started = time.perf_counter()
+                self.state["epoch"] = epoch + 1
+                if epoch + 1 == p.retrain_epochs:
+                    self.state["stage"] = "evaluate"
+                    for key in ("retrain_model", "retrain_opt", "retrain_schedule"):
+                        self.state.pop(key, None)
+                    self._save_state()
+                else:
+                    self._save_state(
+                        retrain_model=model.state_dict(),
+                        retrain_opt=optimizer.state_dict(),
+                        retrain_schedule=schedule.state_dict(),
+                    )
+
+    @torch.no_grad()
+    def _quality(self, model: torch.nn.Module | None, split: str) -> dict[str, list[float]]:
+        """Per-slice quality on a split; ``model`` None measures the low-dose input itself."""
+        if model is not None:
+            model.eval()
+        n = len(self.data[split][1])
+        out: dict[str, list[float]] = {}
+        for start in range(0, n, 8):
+            idx = torch.arange(start, min(start + 8, n))
+            low, normal = self._batch(split, idx, fresh=False)
+            pred = low if model is None else model(low).float()
+            for name, values in quality(pred.clamp(0, 1), normal).items():
+                out.setdefault(name, []).extend(values.tolist())
+        return out
+
+    def _evaluate(self) -> None:
+        if self.ctx.is_main:
+            best = torch.load(self.checkpoints / "best.pt", map_location="cpu", weights_only=False)
+            model = DerivedNetwork(Genotype.from_json(best["genotype"])).to(self.device)
+            model.load_state_dict(best["state_dict"])
+            report = {
+                "low_dose": self._quality(None, "test"),
+                "network": self._quality(model, "test"),
+            }
+            summary = {
+                name: {metric: mean_sd(values) for metric, values in rows.items()}
+                for name, rows in report.items()
+            }
+            metrics = {
+                "dose_percent": self.config.dose,
+                "preset": self.preset.name,
+                "arch": self.config.arch,
+                "test_slices": len(self.data["test"][1]),
+                "image_size": self.preset.size,
+                "ranges": {
+                    "psnr, ssim": "full range [-1024, 3072] HU",
+                    "psnr_window, ssim_window": "soft-tissue window [-160, 240] HU",
+                },
+                "mean_sd": summary,
+                "per_slice": report,
+                "parameters": count_parameters(model),
+                "gflops_512": count_flops(model, 512, 512) / 1e9,
+                "best_epoch": best["epoch"],
+                "val_psnr_best": best["val_psnr"],
+                "seconds": {
+                    "search": round(self.state.get("seconds_search", 0.0), 1),
+                    "retrain": round(self.state.get("seconds_retrain", 0.0), 1),
+                },
+                "search_stopped_early": self.state.get("search_stopped_early"),
+                "perceptual_weight": self.config.perceptual_weight,
+                "device": self.device.type,
+            }
+            (self.folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            from manas_infer.train.plot import plot_curves
+
+            plot_curves(self.state["history"], self.folder / "curves.png")
+            self.state["stage"] = "done"
+        self._save_state()
+        barrier(self.ctx)
+
+
+def create_run(runs_root: Path, config: RunConfig) -> Path:
+    """A new run directory named by time, network, dose and preset, with its config.json."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{config.arch}-{config.dose:g}pct-{config.preset.name}"
+    folder = Path(runs_root) / name
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = Path(runs_root) / f"{name}-{suffix}"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    return folder
+
+
+def load_run_config(folder: Path) -> RunConfig:
+    """The config of an existing run, for --resume; a clear error if it is not a run."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: not a run directory (no config.json)")
+    return RunConfig.from_dict(json.loads(path.read_text()))
+
+
+def run_stage(folder: Path) -> str:
+    """Where a run directory stands: search, retrain, evaluate or done."""
+    path = Path(folder) / "checkpoints" / "state.pt"
+    if not path.is_file():
+        return "search"
+    return torch.load(path, map_location="cpu", weights_only=False)["stage"]
