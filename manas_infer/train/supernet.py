@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as run_checkpointed
 
 from manas_infer.train.cells import CELL_TYPES, SearchCell, n_edges
 from manas_infer.train.operations import PRIMITIVES
@@ -112,11 +113,19 @@ class SuperNet(nn.Module):
     """Every cell of the L x D grid, mixed by alphas (per cell type) and betas (per block).
 
     The head predicts the noise: output = input + head(Z_1^L) (global residual).
+
+    ``checkpoint=True`` runs every block under activation checkpointing while training with
+    gradients: only the block outputs are kept between forward and backward, and each block's
+    inside (every mixed op of up to three cells) is recomputed during backward, one block at a
+    time. That is about one extra forward per step for a several-fold smaller activation peak
+    (bench/results/search.md), the difference between the paper preset fitting a 24 GB GPU or
+    not. Outputs and gradients are the same either way; inference and export never checkpoint.
     """
 
-    def __init__(self, C: int, L: int, D: int, P: int = 3) -> None:
+    def __init__(self, C: int, L: int, D: int, P: int = 3, checkpoint: bool = False) -> None:
         super().__init__()
         self.C, self.L, self.D, self.P = C, L, D, P
+        self.checkpoint = checkpoint
         self.size_multiple = 2 ** (D - 1)
         self.grid = grid(L, D)
         self.stem = nn.Conv2d(1, C, 3, padding=1)
@@ -142,16 +151,28 @@ class SuperNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.D)
+        checkpointed = self.checkpoint and self.training and torch.is_grad_enabled()
         feats: dict[Block, Tensor] = {STEM: self.stem(x)}
         for block, sources in self.grid.items():
-            key = block_key(block)
-            betas = F.softmax(self.betas[key], dim=0)
-            z = None
-            for b, (t, src) in zip(betas, sources.items(), strict=True):
-                y = b * self.cells[f"{key}_{t}"](feats[src], self.alphas[t])
-                z = y if z is None else z + y
-            feats[block] = z
+            inputs = [feats[src] for src in sources.values()]
+            if checkpointed:
+                # Non-reentrant: parameters used inside (cell weights, alphas, betas) get their
+                # gradients without being passed in, and it composes with autocast and DDP.
+                feats[block] = run_checkpointed(self._block, block, *inputs, use_reentrant=False)
+            else:
+                feats[block] = self._block(block, *inputs)
         return x + self.head(feats[(self.L, 1)])
+
+    def _block(self, block: Block, *inputs: Tensor) -> Tensor:
+        """Z of one block from its source features, given in ``self.grid[block]`` order."""
+        key = block_key(block)
+        betas = F.softmax(self.betas[key], dim=0)
+        z = None
+        for b, t, h in zip(betas, self.grid[block], inputs, strict=True):
+            y = b * self.cells[f"{key}_{t}"](h, self.alphas[t])
+            z = y if z is None else z + y
+        assert z is not None  # every block in the grid has at least one source
+        return z
 
     def weights(self) -> list[nn.Parameter]:
         """The network weights (first optimiser); disjoint from ``arch_parameters``."""

@@ -1,0 +1,185 @@
+"""`manas-infer train`: search -> derive -> retrain -> evaluate on real CT, resume, the skip
+rule, bad input, and torchrun (gloo on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CHEST, PANCREAS, need
+from typer.testing import CliRunner
+
+from manas_infer.cli import app
+from manas_infer.train import run as run_module
+from manas_infer.train.derive import MAX_SKIP_CONNECTIONS
+from manas_infer.train.distributed import DistContext
+from manas_infer.train.genotype import Genotype
+from manas_infer.train.presets import PRESETS
+from manas_infer.train.run import RunConfig, Trainer, capped_cells, create_run
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two real patients: pancreas for training, chest for testing (links, not copies)."""
+    root = tmp_path_factory.mktemp("data")
+    for source in (need(PANCREAS), need(CHEST)):
+        (root / source.name).symlink_to(source, target_is_directory=True)
+    return root
+
+
+def _config(data_root: Path, cache: Path, **preset_changes) -> RunConfig:
+    preset = PRESETS["tiny"].with_overrides(**preset_changes)
+    return RunConfig(
+        preset=preset, dose=5.0, data_root=str(data_root), cache_root=str(cache),
+        test_patients=("lung-pet-ct-dx-a0001",), seed=3, perceptual_weight=0.0, n_views=90,
+    )  # fmt: skip
+
+
+def _weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "checkpoints" / name, weights_only=False)["state_dict"]
+
+
+def test_tiny_run_beats_the_low_dose_input(data_root: Path, tmp_path: Path) -> None:
+    config = _config(
+        data_root, tmp_path / "cache", retrain_epochs=12, max_slices_per_patient=24, size=32
+    )
+    folder = create_run(tmp_path / "runs", config)
+    metrics = Trainer(folder, config, DistContext(torch.device("cpu"))).run()
+    low, net = metrics["mean_sd"]["low_dose"], metrics["mean_sd"]["network"]
+    assert metrics["test_slices"] == 24
+    assert net["psnr"][0] > low["psnr"][0] + 0.5, (low["psnr"], net["psnr"])
+    assert net["ssim"][0] > low["ssim"][0]
+    for name in ("config.json", "dataset.json", "genotype.json", "genotype.png", "curves.png",
+                 "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt"):  # fmt: skip
+        assert (folder / name).is_file(), name
+    genotype = Genotype.load(folder / "genotype.json")
+    assert (genotype.L, genotype.D) == (config.preset.L, config.preset.D)
+    assert metrics["parameters"] > 0 and metrics["gflops_512"] > 0
+    assert len(metrics["per_slice"]["network"]["psnr"]) == 24
+
+
+def test_resume_after_a_kill_gives_the_same_weights(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(data_root, tmp_path / "cache")
+    straight = create_run(tmp_path / "a", config)
+    Trainer(straight, config, DistContext(torch.device("cpu"))).run()
+
+    killed = create_run(tmp_path / "b", config)
+    saves = {"n": 0}
+    original = Trainer._save_state
+
+    def die_after_four_epochs(self, **modules):
+        original(self, **modules)
+        saves["n"] += 1
+        if saves["n"] == 4:  # the state of search epoch 3 of 3 is on disk, retrain epoch 1 too
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(Trainer, "_save_state", die_after_four_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(killed, config, DistContext(torch.device("cpu"))).run()
+    monkeypatch.setattr(Trainer, "_save_state", original)
+    assert run_module.run_stage(killed) == "retrain"
+    Trainer(killed, run_module.load_run_config(killed), DistContext(torch.device("cpu"))).run()
+
+    for name in ("last.pt", "best.pt"):
+        a, b = _weights(straight, name), _weights(killed, name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name} {key}")
+    assert (straight / "genotype.json").read_text() == (killed / "genotype.json").read_text()
+
+
+def test_skip_rule_stops_the_search_and_keeps_the_last_valid_architecture(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(data_root, tmp_path / "cache", search_epochs=5, warmup_epochs=1)
+    derived: list[Genotype] = []
+    real_derive = run_module.derive_genotype
+
+    def skip_heavy_from_epoch_three(model, K):
+        genotype = real_derive(model, K)
+        if len(derived) >= 2:  # epochs 3+: the alphas "collapse" into skips
+            cells = dict(genotype.cells)
+            cells["transfer"] = ("skip_connect",) * len(cells["transfer"])
+            genotype = Genotype(C=genotype.C, L=genotype.L, D=genotype.D, P=genotype.P,
+                                cells=cells, edges=genotype.edges)  # fmt: skip
+        derived.append(genotype)
+        return genotype
+
+    monkeypatch.setattr(run_module, "derive_genotype", skip_heavy_from_epoch_three)
+    folder = create_run(tmp_path / "runs", config)
+    Trainer(folder, config, DistContext(torch.device("cpu"))).run()
+    state = torch.load(folder / "checkpoints" / "state.pt", weights_only=False)
+    assert state["search_stopped_early"]["epoch"] == 3
+    assert len(derived) == 3, "no search epoch after the stop"
+    kept = Genotype.load(folder / "genotype.json")
+    assert kept.to_json() == derived[1].to_json(), "the last architecture with <= 2 skips"
+
+
+def test_capped_cells_limit_skips() -> None:
+    alphas = {t: torch.zeros(6, 7) for t in ("expand", "transfer", "compress")}
+    alphas["transfer"][:, 0] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])  # skip wins all
+    cells = capped_cells(alphas)
+    assert sum(op == "skip_connect" for op in cells["transfer"]) == MAX_SKIP_CONNECTIONS
+    assert cells["transfer"][:2] == ("skip_connect", "skip_connect")  # the strongest two
+
+
+def _train(*args: str, env: dict | None = None):
+    return runner.invoke(app, ["train", *map(str, args)], env=env, catch_exceptions=False)
+
+
+def test_bad_input_is_refused_before_work(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runs = tmp_path / "runs"
+    common = ("--runs", runs, "--cache", tmp_path / "c", "--perceptual-weight", "0")
+    result = _train("--dose", "5", "--data", empty, "--preset", "tiny", *common)
+    assert result.exit_code == 1 and "no DICOM files or CT volumes found" in " ".join(result.output.split())
+    result = _train("--dose", "0", "--data", empty, *common)
+    assert result.exit_code == 2 and "dose" in result.output
+    result = _train("--dose", "5", "--data", empty, "--preset", "small", "--size", "40", *common)
+    assert result.exit_code == 2 and "does not fit" in " ".join(result.output.split())
+    result = _train("--dose", "5", "--data", tmp_path / "nowhere", *common)
+    assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
+    no_vgg = _train(
+        "--dose", "5", "--data", empty, "--runs", runs, "--cache", tmp_path / "c",
+        env={"TORCH_HOME": str(tmp_path / "hub")},
+    )  # fmt: skip
+    assert no_vgg.exit_code == 2
+    assert "--perceptual-weight 0" in " ".join(no_vgg.output.split())
+    assert not runs.exists() or not any(runs.iterdir()), "no run directory for refused input"
+
+
+def test_no_data_given_says_how_to_point_at_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MANAS_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    result = _train("--dose", "5", "--perceptual-weight", "0")
+    assert result.exit_code == 2
+    assert "MANAS_DATA" in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(data_root: Path, tmp_path: Path) -> None:
+    """The multi-GPU path, run with two CPU processes over gloo."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        "-m", "manas_infer", "train", "--dose", "5", "--data", str(data_root), "--preset", "tiny",
+        "--test-patient", "lung-pet-ct-dx-a0001", "--perceptual-weight", "0", "--views", "90",
+        "--runs", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache"), "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "MANAS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (folder,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["test_slices"] == 8
+    assert (folder / "checkpoints" / "best.pt").is_file()
