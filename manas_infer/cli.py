@@ -23,7 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 
 
@@ -34,7 +34,7 @@ class SimulationMode(StrEnum):
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"manas-infer {__version__}")
+        typer.echo(f"manas-infer {__version__}")
         raise typer.Exit()
 
 
@@ -278,7 +278,7 @@ def prepare(
     data: Path | None = typer.Option(
         None,
         help="Normal-dose CT root (one folder per patient, or any folder of series and "
-        "volumes). Default: $MANAS_DATA or `data` in manas-infer.toml.",
+        "volumes). Default: $MANAS_DATA or data = 'DIR' in manas-infer.toml.",
     ),
     dose: float = typer.Option(5.0, help="Dose in percent to simulate: 10, 5, 2.5..."),
     size: int = typer.Option(256, help="Slices are resized to size x size (the paper: 256)."),
@@ -358,7 +358,7 @@ def train(
     data: Path | None = typer.Option(
         None,
         help="Normal-dose CT root (one folder per patient). Default: $MANAS_DATA or "
-        "`data` in manas-infer.toml. Never a silent fallback to synthetic images.",
+        "data = 'DIR' in manas-infer.toml. Never a silent fallback to synthetic images.",
     ),
     preset: PresetName = typer.Option(
         PresetName.auto,

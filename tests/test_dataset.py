@@ -358,7 +358,8 @@ def test_volume_folders_are_the_patients(tmp_path: Path) -> None:
         "patientB": _write_volume(root / "patientB" / "ct.nii.gz", 2),
     }
     spec = _volume_spec()
-    prepared, _ = prepare_dataset(root, spec, tmp_path / "cache")
+    prepared, problems = prepare_dataset(root, spec, tmp_path / "cache")
+    assert problems == []
     # 4 test slices; 4 training slices, arch = max(1, round(4 / 8)) = 1.
     assert prepared.counts() == {"train": 3, "arch": 1, "test": 4}
     patients = prepared.manifest["patients"]

@@ -142,7 +142,8 @@ def test_bad_input_is_refused_before_work(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     common = ("--runs", runs, "--cache", tmp_path / "c", "--perceptual-weight", "0")
     result = _train("--dose", "5", "--data", empty, "--preset", "tiny", *common)
-    assert result.exit_code == 1 and "no DICOM files or CT volumes found" in " ".join(result.output.split())
+    assert result.exit_code == 1
+    assert "no DICOM files or CT volumes found" in " ".join(result.output.split())
     result = _train("--dose", "0", "--data", empty, *common)
     assert result.exit_code == 2 and "dose" in result.output
     result = _train("--dose", "5", "--data", empty, "--preset", "small", "--size", "40", *common)

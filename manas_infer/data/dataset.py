@@ -312,6 +312,9 @@ def prepare_dataset(
             offset += source.n_slices
             if len(chosen):
                 plan.append((role, source, chosen))
+    n_training = sum(len(c) for role, _, c in plan if role == "train")
+    if n_training < 2:
+        raise InputProblem(root, f"only {n_training} training slice(s): too few to split")
     total = sum(len(c) for _, _, c in plan)
     if on_total is not None:
         on_total(total)
@@ -326,7 +329,10 @@ def prepare_dataset(
     started = time.perf_counter()
     for role, source, chosen in plan:
         patient_hash = hashlib.sha256(_patient_of(source, root).encode()).hexdigest()[:12]
-        volume = source.read_hu()[chosen]
+        if isinstance(source, CTVolume):
+            volume = source.read_hu()[chosen]
+        else:  # decode only the slices kept, not the whole series
+            volume = np.stack([source.read_slice_hu(int(i)) for i in chosen])
         for start in range(0, len(chosen), batch):
             part = torch.from_numpy(volume[start : start + batch]).to(simulator.device)
             resized, factor = to_training_size(part, spec.size)
@@ -352,8 +358,6 @@ def prepare_dataset(
     train_idx = [i for i, r in enumerate(roles) if r == "train"]
     rng = np.random.default_rng(spec.split.seed)
     n_arch = max(1, round(len(train_idx) / (spec.split.arch_ratio + 1)))
-    if len(train_idx) < 2:
-        raise InputProblem(root, f"only {len(train_idx)} training slice(s): too few to split")
     arch = sorted(rng.choice(train_idx, size=n_arch, replace=False).tolist())
     splits = {
         "train": [i for i in train_idx if i not in set(arch)],
@@ -388,4 +392,5 @@ def prepare_dataset(
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(partial, folder)
-    return PreparedDataset(folder, manifest, reused=False), problems
+    # Round-trip through JSON so a fresh manifest equals a reloaded one (tuples -> lists).
+    return PreparedDataset(folder, json.loads(json.dumps(manifest)), reused=False), problems
