@@ -441,9 +441,16 @@ def train(
                 from manas_infer.train.perceptual import find_vgg16_weights
 
                 find_vgg16_weights(vgg_weights)
+            from manas_infer.data.dataset import check_data
+            from manas_infer.train.run import dataset_spec
+
+            check_data(Path(config.data_root), dataset_spec(config))
             folder = None
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
+    except InputProblem as problem:
+        report_problem(problem, "refused")
+        raise typer.Exit(1) from None
     ctx = init_distributed(torch_device)
     try:
         if folder is None:

@@ -176,7 +176,8 @@ def test_arrays_hold_resized_slices_and_dose_dependent_noise(
             assert spacing.shape == (n,)
             assert np.isfinite(low).all() and np.isfinite(normal).all()
         low, normal, spacing = arrays["test"]
-        np.testing.assert_allclose(spacing, chest.pixel_spacing[0] * 512 / SIZE, rtol=1e-6)
+        # Noise is simulated on the native slice, so the spacing is the scanner's own.
+        np.testing.assert_allclose(spacing, chest.pixel_spacing[0], rtol=1e-6)
         # A test slice is the chest slice, brought to 64x64 by to_training_size.
         record = prepared.manifest["slices"][int(prepared.indices("test")[2])]
         source = torch.from_numpy(chest.read_slice_hu(record["source_index"]))[None]
@@ -442,23 +443,56 @@ def test_square_slices_of_the_target_size_are_unchanged() -> None:
 def test_fresh_noise_differs_each_call_with_the_same_strength(
     built: dict[float, PreparedDataset],
 ) -> None:
-    cached_low, normal, spacing = built[10.0].arrays("test")
-    batch = torch.from_numpy(normal)[:, None]
+    prepared = built[10.0]
+    cached_low, normal, spacing = prepared.arrays("test")
+    native, corners = prepared.native("test")
+    assert corners is None and native.shape == (len(normal), 512, 512)
+    batch = torch.from_numpy(native)
     spacing_t = torch.from_numpy(spacing.astype(np.float32))
     before = batch.clone()
-    fresh = FreshNoise(DoseSettings(dose_percent=10.0, n_views=VIEWS), "cpu", seed=0)
-    first, second = fresh(batch, spacing_t), fresh(batch, spacing_t)
-    assert first.shape == second.shape == batch.shape
-    assert torch.equal(batch, before), "the normal-dose batch is not modified"
+    fresh = FreshNoise(_spec(10.0), "cpu", seed=0)
+    first, second = fresh(batch, spacing_t, None), fresh(batch, spacing_t, None)
+    target = torch.from_numpy(normal)[:, None]
+    assert first.shape == second.shape == target.shape
+    assert torch.equal(batch, before), "the normal-dose slices are not modified"
     assert not torch.equal(first, second), "a new realisation every call"
-    sd1, sd2 = float((first - batch).std()), float((second - batch).std())
+    sd1, sd2 = float((first - target).std()), float((second - target).std())
     assert sd1 > 1.0 and 0.8 < sd1 / sd2 < 1.25, (sd1, sd2)
     # The same noise model as the cached pairs.
-    cached_sd = float((cached_low - normal).std())
+    cached_sd = float((torch.from_numpy(cached_low - normal)).std())
     assert 0.75 < sd1 / cached_sd < 1.33, (sd1, cached_sd)
     # A seed makes it reproducible.
-    again = FreshNoise(DoseSettings(dose_percent=10.0, n_views=VIEWS), "cpu", seed=0)
-    assert torch.equal(again(batch, spacing_t), first)
+    again = FreshNoise(_spec(10.0), "cpu", seed=0)
+    assert torch.equal(again(batch, spacing_t, None), first)
+
+
+def test_patches_are_native_crops_inside_the_body(cache: Path) -> None:
+    spec = DatasetSpec(
+        DoseSettings(dose_percent=10.0, n_views=VIEWS), size=32, patch=True,
+        patches_per_slice=2, split=SplitConfig(test_patients=(CHEST_FOLDER,),
+                                               max_slices_per_patient=3),
+    )  # fmt: skip
+    prepared, _ = prepare_dataset(need(CT), spec, cache)
+    assert prepared.counts()["test"] == 6  # 3 slices x 2 patches
+    low, normal, spacing = prepared.arrays("test")
+    native, corners = prepared.native("test")
+    assert normal.shape == (6, 32, 32) and corners.shape == (6, 2)
+    chest = scan(CHEST).series[0]
+    for i, record in enumerate(prepared.manifest["slices"][j] for j in prepared.indices("test")):
+        r, c = record["corner"]
+        full = chest.read_slice_hu(record["source_index"])
+        np.testing.assert_array_equal(normal[i], full[r : r + 32, c : c + 32])
+        np.testing.assert_array_equal(native[i], full)
+        assert (normal[i] > -500).mean() > 0.5, "patches lie in the body"
+    # Native-resolution patches keep far more noise than whole slices resized to 64.
+    resized_low, resized_normal, _ = prepare_dataset(need(CT), _spec(10.0), cache)[0].arrays("test")
+    assert (low - normal).std() > 2 * (resized_low - resized_normal).std()
+    # Fresh noise takes the same crops.
+    fresh = FreshNoise(spec, "cpu", seed=1)
+    drawn = fresh(torch.from_numpy(native), torch.from_numpy(spacing.astype(np.float32)),
+                  torch.from_numpy(corners))  # fmt: skip
+    assert drawn.shape == (6, 1, 32, 32)
+    assert 0.6 < float((drawn[:, 0] - torch.from_numpy(normal)).std()) / (low - normal).std() < 1.6
 
 
 def test_slice_pairs_serve_one_split(built: dict[float, PreparedDataset]) -> None:

@@ -27,21 +27,23 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def random_genotype(C: int, L: int, D: int, K: int, seed: int) -> Genotype:
+def random_genotype(C: int, L: int, D: int, K: int, seed: int, P: int = 3) -> Genotype:
     """A derived genotype from random alphas and betas (what a search would decode)."""
     torch.manual_seed(seed)
-    net = SuperNet(C, L, D)
+    net = SuperNet(C, L, D, P)
     with torch.no_grad():
         for p in net.arch_parameters():
             p.normal_()
     return derive_genotype(net, K=K)
 
 
-@pytest.mark.parametrize(("L", "D", "K", "seed"), [(4, 3, 3, 0), (12, 4, 5, 1), (2, 2, 2, 2)])
+@pytest.mark.parametrize(
+    ("L", "D", "K", "P", "seed"), [(4, 3, 3, 3, 0), (12, 4, 5, 3, 1), (2, 2, 2, 2, 2)]
+)
 def test_genotype_figure_draws_every_kept_edge_and_cell_edge(
-    L: int, D: int, K: int, seed: int
+    L: int, D: int, K: int, P: int, seed: int
 ) -> None:
-    g = random_genotype(4, L, D, K, seed)
+    g = random_genotype(4, L, D, K, seed, P)
     fig, drawn = draw_genotype(g)
     assert set(drawn.kept_edges) == set(g.edges)
     assert len(drawn.kept_edges) == len(g.edges)

@@ -1,13 +1,18 @@
-"""Training data: normal-dose CT -> patient-wise split -> resized, simulated slice pairs.
+"""Training data: normal-dose CT -> patient-wise split -> simulated low-dose pairs.
 
 Protocol (paper Sec. 4.1, SPEC section 2): patients are split into training and test;
 the training slices are split again into train-data and arch-data 7:1 (the paper: 350 and
-50 of 400 images). Slices are brought to a square ``size`` first and noise is simulated
-afterwards, in the paper's order, with the pixel size of the resized slice: so the cached
-pairs and the fresh per-epoch noise (``FreshNoise``) share one noise model.
+50 of 400 images). Noise is simulated on each whole slice at its native resolution and
+pixel size (the scanner's own geometry: that is where photon counts are physical), then
+the pair is brought to the training size in one of two ways:
+- ``resize`` (the paper): the whole slice, padded to square and resized to size x size;
+- ``patch`` (CPU presets): size x size crops at native resolution, inside the body, which
+  keep the noise texture the network will meet at inference time.
 
 The pairs are cached on disk with a manifest (source UIDs, split, dose, simulator
 settings); a second run with the same data and settings loads them instead of simulating.
+The native normal-dose slices are cached too (int16 HU) so that ``FreshNoise`` can draw a
+new realisation for every batch on the training device through the same code path.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from manas_infer.hu import HU_MIN
 from manas_infer.simulate.dose import DoseSettings, LowDoseSimulator
 
 SPLITS = ("train", "arch", "test")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 Source = CTSeries | CTVolume
 
 
@@ -65,10 +70,14 @@ class DatasetSpec:
     size: int = 256
     split: SplitConfig = field(default_factory=SplitConfig)
     volume_hu_offset: float = 0.0  # added to volume files' values (LCD_CT: -1000)
+    patch: bool = False  # native-resolution crops instead of resized whole slices
+    patches_per_slice: int = 1
 
     def __post_init__(self) -> None:
         if self.size < 16:
             raise ValueError(f"image size must be at least 16, got {self.size}")
+        if self.patches_per_slice < 1:
+            raise ValueError("patches per slice must be at least 1")
 
     def to_dict(self) -> dict:
         return {
@@ -76,6 +85,8 @@ class DatasetSpec:
             "size": self.size,
             "split": asdict(self.split),
             "volume_hu_offset": self.volume_hu_offset,
+            "patch": self.patch,
+            "patches_per_slice": self.patches_per_slice,
         }
 
 
@@ -192,18 +203,51 @@ def to_training_size(hu: torch.Tensor, size: int) -> tuple[torch.Tensor, float]:
     return resized, side / size
 
 
+def pad_to_square(hu: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] -> [B, M, M], M = max(H, W), padded with air below the scanner's range
+    (attenuation 0, so projections and noise are unchanged)."""
+    side = max(hu.shape[-2:])
+    return to_training_size(hu, side)[0]
+
+
+def patch_corners(normal: np.ndarray, size: int, count: int, rng: np.random.Generator):
+    """``count`` top-left corners of size x size crops of one square slice, inside the body:
+    of 32 random candidates, the ones whose crops hold the most tissue (> -500 HU)."""
+    side = normal.shape[-1]
+    if side < size:
+        raise ValueError(f"a {size}-pixel patch does not fit a {side}-pixel slice")
+    candidates = rng.integers(0, side - size + 1, size=(32, 2))
+    tissue = [float((normal[r : r + size, c : c + size] > -500).mean()) for r, c in candidates]
+    best = np.argsort(tissue, kind="stable")[::-1][:count]
+    return candidates[best]
+
+
+def training_views(square: torch.Tensor, size: int, corners: torch.Tensor | None) -> torch.Tensor:
+    """Square native slices [B, M, M] -> the network's inputs [B, size, size]: resized
+    whole slices (``corners`` None) or the crops at ``corners`` [B, 2]."""
+    if corners is None:
+        return to_training_size(square, size)[0]
+    return torch.stack(
+        [square[b, r : r + size, c : c + size] for b, (r, c) in enumerate(corners.tolist())]
+    )
+
+
 class FreshNoise:
     """A new low-dose realisation of each batch on the training device, every call, so a
-    network never sees the same noise twice (an option of the training loop)."""
+    network never sees the same noise twice (an option of the training loop). It simulates
+    the native slice and then takes the same view as the cache did."""
 
-    def __init__(self, settings: DoseSettings, device: torch.device | str, seed: int = 0):
-        self.simulator = LowDoseSimulator(settings, device=device)
+    def __init__(self, spec: DatasetSpec, device: torch.device | str, seed: int = 0):
+        self.spec = spec
+        self.simulator = LowDoseSimulator(spec.dose, device=device)
         self.generator = torch.Generator(device=self.simulator.device).manual_seed(seed)
 
-    def __call__(self, normal: torch.Tensor, spacing_mm: torch.Tensor) -> torch.Tensor:
-        """normal: [B, 1, H, W] HU on the device; spacing_mm: [B] -> low dose [B, 1, H, W]."""
-        low = self.simulator.simulate(normal[:, 0], spacing_mm, generator=self.generator)
-        return low[:, None]
+    def __call__(
+        self, native: torch.Tensor, spacing_mm: torch.Tensor, corners: torch.Tensor | None
+    ) -> torch.Tensor:
+        """native: [B, M, M] HU on the device; spacing_mm: [B] -> low dose [B, 1, S, S]."""
+        low = self.simulator.simulate(native, spacing_mm, generator=self.generator)
+        return training_views(low, self.spec.size, corners)[:, None]
 
 
 # --------------------------------------------------------------------------------------
@@ -238,6 +282,18 @@ class PreparedDataset:
             np.ascontiguousarray(load("normal.npy")[idx]),
             np.ascontiguousarray(load("spacing.npy")[idx]),
         )
+
+    def native(self, split: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(native square normal-dose slices [n, M, M] HU, crop corners [n, 2] or None) of
+        one split, for fresh noise; None when the slices had different matrix sizes."""
+        if not (self.folder / "native.npy").is_file():
+            return None
+        idx = self.indices(split)
+        which = np.load(self.folder / "native_index.npy")[idx]
+        native = np.load(self.folder / "native.npy", mmap_mode="r")[which].astype(np.float32)
+        corners_file = self.folder / "corners.npy"
+        corners = np.load(corners_file)[idx] if corners_file.is_file() else None
+        return native, corners
 
     def counts(self) -> dict[str, int]:
         return {split: len(self.manifest["splits"][split]) for split in SPLITS}
@@ -278,6 +334,16 @@ def _slice_uid(source: Source, index: int) -> str:
     return source.slices[index].sop_instance_uid
 
 
+def check_data(root: Path, spec: DatasetSpec):
+    """(sources, problems, (train patients, test patients, sources per patient)), or an
+    InputProblem when the data cannot give the split: cheap, headers only, so commands
+    call it before they start any work or create any folder."""
+    sources, problems = find_sources(Path(root), spec.volume_hu_offset)
+    if not sources:
+        raise problems[0] if problems else InputProblem(root, "no usable CT found")
+    return sources, problems, assign_patients(sources, Path(root), spec.split)
+
+
 def prepare_dataset(
     root: Path,
     spec: DatasetSpec,
@@ -292,10 +358,7 @@ def prepare_dataset(
     Raises ``InputProblem`` before any simulation when the data cannot give a split.
     """
     root = Path(root)
-    sources, problems = find_sources(root, spec.volume_hu_offset)
-    if not sources:
-        raise problems[0] if problems else InputProblem(root, "no usable CT found")
-    train_patients, test_patients, by_patient = assign_patients(sources, root, spec.split)
+    sources, problems, (train_patients, test_patients, by_patient) = check_data(root, spec)
     name = f"{spec.dose.dose_percent:g}pct-{spec.size}px-{_cache_key(sources, spec)}"
     folder = Path(cache_root) / name
     if (folder / "manifest.json").is_file():
@@ -321,9 +384,14 @@ def prepare_dataset(
 
     simulator = LowDoseSimulator(spec.dose, device=device)
     generator = torch.Generator(device=simulator.device).manual_seed(spec.split.seed)
-    normal = np.empty((total, spec.size, spec.size), np.float32)
+    rng = np.random.default_rng(spec.split.seed)
+    k = spec.patches_per_slice if spec.patch else 1
+    normal = np.empty((total * k, spec.size, spec.size), np.float32)
     low = np.empty_like(normal)
-    spacing = np.empty(total, np.float64)
+    spacing = np.empty(total * k, np.float64)
+    corners = np.zeros((total * k, 2), np.int64)
+    native_index = np.empty(total * k, np.int64)
+    natives: list[np.ndarray] = []
     records: list[dict] = []
     roles: list[str] = []
     started = time.perf_counter()
@@ -334,29 +402,36 @@ def prepare_dataset(
         else:  # decode only the slices kept, not the whole series
             volume = np.stack([source.read_slice_hu(int(i)) for i in chosen])
         for start in range(0, len(chosen), batch):
-            part = torch.from_numpy(volume[start : start + batch]).to(simulator.device)
-            resized, factor = to_training_size(part, spec.size)
-            pixel = source.pixel_spacing[0] * factor
-            noisy = simulator.simulate(resized, pixel, generator=generator)
-            at = len(records)
-            normal[at : at + len(part)] = resized.cpu().numpy()
-            low[at : at + len(part)] = noisy.cpu().numpy()
-            spacing[at : at + len(part)] = pixel
-            for i in chosen[start : start + batch]:
-                records.append(
-                    {
+            square = pad_to_square(torch.from_numpy(volume[start : start + batch]))
+            noisy = simulator.simulate(
+                square.to(simulator.device), source.pixel_spacing[0], generator=generator
+            ).cpu()
+            for b, i in enumerate(chosen[start : start + batch]):
+                at = len(records)
+                if spec.patch:
+                    where = patch_corners(square[b].numpy(), spec.size, k, rng)
+                else:
+                    where = np.zeros((1, 2), np.int64)
+                for corner in where:
+                    view = None if not spec.patch else torch.as_tensor(corner)[None]
+                    normal[len(records)] = training_views(square[b : b + 1], spec.size, view)[0]
+                    low[len(records)] = training_views(noisy[b : b + 1], spec.size, view)[0]
+                    corners[len(records)] = corner
+                    native_index[len(records)] = len(natives)
+                    records.append({
                         "patient": patient_hash,
                         "series_uid": source.series_uid,
                         "slice_uid": _slice_uid(source, int(i)),
                         "source_index": int(i),
-                    }
-                )
-                roles.append(role)
+                        "corner": [int(v) for v in corner] if spec.patch else None,
+                    })  # fmt: skip
+                    roles.append(role)
+                spacing[at : len(records)] = source.pixel_spacing[0]
+                natives.append(np.clip(np.rint(square[b].numpy()), -32768, 32767).astype(np.int16))
             if on_slice is not None:
-                on_slice(len(part))
+                on_slice(len(square))
 
     train_idx = [i for i, r in enumerate(roles) if r == "train"]
-    rng = np.random.default_rng(spec.split.seed)
     n_arch = max(1, round(len(train_idx) / (spec.split.arch_ratio + 1)))
     arch = sorted(rng.choice(train_idx, size=n_arch, replace=False).tolist())
     splits = {
@@ -387,7 +462,12 @@ def prepare_dataset(
     partial.mkdir(parents=True)
     np.save(partial / "normal.npy", normal)
     np.save(partial / "low.npy", low)
-    np.save(partial / "spacing.npy", spacing)
+    np.save(partial / "spacing.npy", spacing)  # native pixel size of each pair's slice
+    if len({n.shape for n in natives}) == 1:  # fresh noise needs one native matrix size
+        np.save(partial / "native.npy", np.stack(natives))
+        np.save(partial / "native_index.npy", native_index)
+        if spec.patch:
+            np.save(partial / "corners.npy", corners)
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if folder.exists():
         shutil.rmtree(folder)

@@ -9,6 +9,7 @@ pydicom's pixel handlers (pylibjpeg plugins for JPEG 2000, JPEG-LS, JPEG lossles
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -196,9 +197,21 @@ class ScanReport:
 
 
 def _files_under(root: Path) -> list[Path]:
+    """Every non-hidden file below ``root``, following folder links (data roots are often
+    assembled from links) but visiting each real folder once, so link cycles end."""
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files: list[Path] = []
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(folder) / n for n in names if not n.startswith(".")]
+    return sorted(files)
 
 
 def _read_header(path: Path) -> Dataset | None:

@@ -46,6 +46,10 @@ class DerivedNetwork(nn.Module):
         self._plan: list[tuple[Block, list[tuple[str, Block]]]] = sorted(inputs.items())
         self._last: Block = (g.L, 1)
         self.head = nn.Conv2d(g.C, 1, 3, padding=1)
+        # Zero head: the net starts as the identity (output = input) and learns the noise to
+        # remove; a random head would add a large offset that a short schedule never undoes.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.D)

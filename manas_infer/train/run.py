@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from manas_infer import __version__
 from manas_infer.console import console, progress
 from manas_infer.data.dataset import DatasetSpec, FreshNoise, SplitConfig, prepare_dataset
+from manas_infer.errors import InputProblem
 from manas_infer.hu import normalize
 from manas_infer.metrics import mean_sd, quality
 from manas_infer.simulate.dose import DoseSettings
@@ -88,6 +89,23 @@ class RunConfig:
         return cls(**data)
 
 
+def dataset_spec(config: RunConfig) -> DatasetSpec:
+    """The training data a run asks for: its dose, image size, split and patch mode."""
+    preset = config.preset
+    return DatasetSpec(
+        dose=DoseSettings(dose_percent=config.dose, n_views=config.n_views),
+        size=preset.size,
+        split=SplitConfig(
+            test_patients=config.test_patients,
+            n_test_patients=config.n_test_patients,
+            max_slices_per_patient=preset.max_slices_per_patient,
+            seed=config.seed,
+        ),
+        patch=preset.patch,
+        patches_per_slice=preset.patches_per_slice,
+    )
+
+
 def _save_atomically(obj: object, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -105,6 +123,8 @@ def epoch_batches(n: int, batch: int, seed: int, stage: str, epoch: int, ctx: Di
         n, generator=torch.Generator().manual_seed(_epoch_seed(seed, stage, epoch))
     )
     per_rank = n // ctx.world
+    if per_rank == 0:  # fewer items than processes (a tiny arch split): one each, shared
+        return [order[ctx.rank % n : ctx.rank % n + 1]]
     mine = order[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
     return [mine[i : i + batch] for i in range(0, len(mine), batch)]
 
@@ -148,17 +168,7 @@ class Trainer:
 
     def _load_data(self) -> None:
         c = self.config
-        self.dose_settings = DoseSettings(dose_percent=c.dose, n_views=c.n_views)
-        spec = DatasetSpec(
-            dose=self.dose_settings,
-            size=self.preset.size,
-            split=SplitConfig(
-                test_patients=c.test_patients,
-                n_test_patients=c.n_test_patients,
-                max_slices_per_patient=self.preset.max_slices_per_patient,
-                seed=c.seed,
-            ),
-        )
+        spec = dataset_spec(c)
         cache = Path(c.cache_root) / "datasets"
         if self.ctx.is_main:  # one process simulates; the others then read the cache
             with progress() as bar:
@@ -181,11 +191,22 @@ class Trainer:
                 torch.from_numpy(a).to(self.device)
                 for a in (low, normal, spacing.astype("float32"))
             )  # type: ignore[assignment]
-        self.fresh = (
-            FreshNoise(self.dose_settings, self.device, seed=c.seed + 17 + self.ctx.rank)
-            if c.fresh_noise
-            else None
-        )
+        self.fresh: FreshNoise | None = None
+        self.native: dict[str, tuple[Tensor, Tensor | None]] = {}
+        if c.fresh_noise:
+            for split in ("train", "arch"):
+                native = prepared.native(split)
+                if native is None:
+                    raise InputProblem(
+                        Path(c.data_root),
+                        "--fresh-noise needs training slices of one matrix size (found several)",
+                    )
+                slices, corners = native
+                self.native[split] = (
+                    torch.from_numpy(slices).to(self.device),
+                    None if corners is None else torch.from_numpy(corners),
+                )
+            self.fresh = FreshNoise(spec, self.device, seed=c.seed + 17 + self.ctx.rank)
         if self.ctx.is_main:
             summary = {"folder": str(prepared.folder), "counts": prepared.counts(),
                        "spec": spec.to_dict(), "reused": prepared.reused}  # fmt: skip
@@ -196,8 +217,12 @@ class Trainer:
         low, normal, spacing = self.data[split]
         idx = idx.to(self.device)
         nd = normal[idx][:, None]
-        use_fresh = self.fresh is not None and fresh
-        ld = self.fresh(nd, spacing[idx]) if use_fresh else low[idx][:, None]
+        if self.fresh is not None and fresh:
+            native, corners = self.native[split]
+            where = None if corners is None else corners[idx.cpu()]
+            ld = self.fresh(native[idx], spacing[idx], where)
+        else:
+            ld = low[idx][:, None]
         return normalize(ld), normalize(nd)
 
     # ---------------------------------------------------------------- state
@@ -421,7 +446,11 @@ class Trainer:
                 "preset": self.preset.name,
                 "arch": self.config.arch,
                 "test_slices": len(self.data["test"][1]),
-                "image_size": self.preset.size,
+                "images": (
+                    f"{self.preset.size}x{self.preset.size} native-resolution patches"
+                    if self.preset.patch
+                    else f"whole slices resized to {self.preset.size}x{self.preset.size}"
+                ),
                 "ranges": {
                     "psnr, ssim": "full range [-1024, 3072] HU",
                     "psnr_window, ssim_window": "soft-tissue window [-160, 240] HU",

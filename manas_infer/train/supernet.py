@@ -117,9 +117,10 @@ class SuperNet(nn.Module):
     ``checkpoint=True`` runs every block under activation checkpointing while training with
     gradients: only the block outputs are kept between forward and backward, and each block's
     inside (every mixed op of up to three cells) is recomputed during backward, one block at a
-    time. That is about one extra forward per step for a several-fold smaller activation peak
-    (bench/results/search.md), the difference between the paper preset fitting a 24 GB GPU or
-    not. Outputs and gradients are the same either way; inference and export never checkpoint.
+    time. That costs about one extra forward per pass and cuts the paper preset's search step
+    from an estimated ~21 GiB of tensors to ~1.6 GiB (bench/results/search.md): the difference
+    between needing a 48 GB GPU and fitting a 24 GB one. Outputs and gradients are the same
+    either way; evaluation, no-grad passes and export never checkpoint.
     """
 
     def __init__(self, C: int, L: int, D: int, P: int = 3, checkpoint: bool = False) -> None:
@@ -137,6 +138,10 @@ class SuperNet(nn.Module):
             }
         )
         self.head = nn.Conv2d(C, 1, 3, padding=1)
+        # Zero head: the net starts as the identity (output = input) and learns the noise to
+        # remove; a random head would add a large offset that a short schedule never undoes.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
         self.alphas = nn.ParameterDict(
             {t: nn.Parameter(1e-3 * torch.randn(n_edges(P), len(PRIMITIVES))) for t in CELL_TYPES}
         )
