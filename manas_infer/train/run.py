@@ -265,7 +265,7 @@ class Trainer:
     def _search(self) -> None:
         p, c, started = self.preset, self.config, time.perf_counter()
         torch.manual_seed(c.seed)
-        model = SuperNet(p.C, p.L, p.D, p.P).to(self.device)
+        model = SuperNet(p.C, p.L, p.D, p.P, checkpoint=p.checkpoint).to(self.device)
         forward = self._wrap(model)
         weights_opt = torch.optim.Adam(model.weights(), lr=p.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
