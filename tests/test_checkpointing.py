@@ -21,6 +21,10 @@ def twin_nets(seed: int = 0) -> tuple[SuperNet, SuperNet]:
     with torch.no_grad():  # betas and alphas start near 0: spread them so mixing matters
         for p in plain.arch_parameters():
             p.normal_()
+        # The head starts at zero (the net starts as the identity), which would leave every
+        # other gradient zero and the comparison empty.
+        plain.head.weight.normal_(std=0.1)
+        plain.head.bias.normal_(std=0.1)
     ckpt = SuperNet(C, L, D, checkpoint=True).double()
     ckpt.load_state_dict(plain.state_dict())
     return plain, ckpt

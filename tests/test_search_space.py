@@ -200,8 +200,19 @@ def test_supernet_blocks_have_the_right_resolution_and_width(supernet: SuperNet)
         assert shape == (2, C * 2 ** (d - 1), 16 // 2 ** (d - 1), 16 // 2 ** (d - 1)), key
 
 
+def test_nets_start_as_the_identity(supernet: SuperNet) -> None:
+    """The head starts at zero: output = input until training moves it."""
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(supernet(x), x, rtol=0, atol=0)
+    derived = DerivedNetwork(small_genotype())
+    x = torch.randn(1, 1, 32, 32)
+    torch.testing.assert_close(derived(x), x, rtol=0, atol=0)
+
+
 def test_gradients_reach_weights_alphas_and_betas(supernet: SuperNet) -> None:
     supernet.zero_grad(set_to_none=True)
+    with torch.no_grad():  # a zero head (the initial state) would block every other gradient
+        supernet.head.weight.normal_(std=0.1)
     supernet(torch.randn(1, 1, 16, 16)).square().mean().backward()
     weights, arch = supernet.weights(), supernet.arch_parameters()
     assert {id(p) for p in weights}.isdisjoint(id(p) for p in arch)
