@@ -127,7 +127,7 @@ def test_a_missing_folder_is_named(
         resolve_data_root(None)
     a_file = tmp_path / "file.txt"
     a_file.write_text("not a folder")
-    with pytest.raises(ConfigError, match=r"file\.txt: data folder does not exist"):
+    with pytest.raises(ConfigError, match=r"file\.txt: is not a folder"):
         resolve_data_root(a_file)
 
 
