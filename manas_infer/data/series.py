@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -350,11 +350,3 @@ def scan(
 def count_files(root: Path | str) -> int:
     """How many files ``scan`` will look at (for progress bars)."""
     return len(_files_under(Path(root)))
-
-
-def iter_series(roots: Iterable[Path]) -> Iterator[CTSeries | InputProblem]:
-    """Scan several roots in turn, yielding series and problems in order."""
-    for root in roots:
-        report = scan(root)
-        yield from report.series
-        yield from report.problems

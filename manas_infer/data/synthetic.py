@@ -6,7 +6,6 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from pydicom.dataset import Dataset
 
 from manas_infer import __version__
@@ -95,8 +94,3 @@ def write_phantom_series(
     out_dir = Path(out_dir)
     write_series_folder(out_dir, phantom_datasets(n_slices, size, seed), overwrite)
     return out_dir
-
-
-def phantom_hu(n_slices: int = 32, size: int = 512, seed: int = 0) -> np.ndarray:
-    """The phantom volume exactly as the series stores it (12-bit, clipped), in HU."""
-    return np.clip(np.rint(phantom_volume(n_slices, size, seed)), -1024, 3071)
