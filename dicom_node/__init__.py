@@ -1,2 +1,18 @@
 """The DICOM node: a Storage SCP that denoises routed CT series and sends them back
-(installed as ``manas_infer.dicom_node``)."""
+(installed as ``manas_infer.dicom_node``; ``manas-infer serve`` runs it).
+
+How the pieces fit, each a small module:
+
+- ``config``: one TOML file plus ``--set`` overrides, checked before anything starts.
+- ``intake``: the SCP's event handlers (allow-list, C-ECHO, C-STORE). A C-STORE is
+  checked, written to the spool durably, and only then answered; nothing heavy runs there.
+- ``spool``: the on-disk state (instances, per-series records, per-destination journals of
+  accepted instances) that makes a restart, even after kill -9, lose nothing.
+- ``worker``: one thread; a series that stopped growing for the stable age is denoised
+  with the model ``routing`` picks, through ``manas_infer.denoise.denoise_series`` (the
+  same reader, runtime and writer as the ``denoise`` command).
+- ``sender``: one thread per destination; C-STORE with retries and back-off for
+  transient failures, a recorded verdict for permanent ones.
+- ``server``: wires these together, handles SIGTERM; ``commands`` adds ``serve`` and
+  ``node-status`` to the command line.
+"""

@@ -45,6 +45,21 @@ def main(
     ),
 ) -> None:
     """Low-dose CT denoising with MANAS."""
+    _log_to_console()
+
+
+def _log_to_console() -> None:
+    """Library log lines (the runtime's provider choice) go to the stderr console, once."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("manas_infer")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(console=console, show_time=False, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _slug(text: str) -> str:
@@ -254,23 +269,197 @@ def simulate(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the demo's output."),
-    dose: float = typer.Option(5.0, help="Dose in percent to simulate."),
+    dose: float = typer.Option(5.0, help="Dose in percent: 10, 5 or 2.5 (a shipped model)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
-    """The main job on a shipped default: fetch a real chest CT series (or use the synthetic
-    phantom offline), simulate it at low dose, write the series and a preview picture."""
+    """The main job on the shipped default: a real chest CT series (the synthetic phantom
+    offline) is simulated at low dose, denoised with the shipped model for that dose, and
+    written as derived series with a preview picture."""
+    import numpy as np
+
+    from manas_infer.data.series import scan
     from manas_infer.demo import demo_series
 
     source, what = demo_series()
     console.print(f"Demo input: {source}\n  {what}")
     settings = _dose_settings(dose, 720, "insertion")
-    target = out / f"{source.name}-{dose:g}pct"
+    low_dir = out / f"{source.name}-{dose:g}pct"
     results, problems = run_simulation(
-        [source], settings, target, 0, device, 4, out / "preview.png", overwrite=True
+        [source], settings, low_dir, 0, device, 4, None, overwrite=True
     )
     if problems or not results:
         raise typer.Exit(1)
-    console.print(f"Preview picture: [bold]{results[0]['preview']}[/bold]")
+    normal = scan(source).series[0].read_hu()
+    summary, problems = run_denoise(
+        [low_dir], out / f"{low_dir.name}-denoised", None, dose, device, 4,
+        out / "preview.png", overwrite=True, reference={str(low_dir.resolve()): normal},
+    )  # fmt: skip
+    print_denoise_summary(summary)
+    if problems or not summary["series"]:
+        raise typer.Exit(1)
+    low = scan(low_dir).series[0].read_hu()
+    denoised = scan(Path(summary["series"][0]["output"])).series[0].read_hu()
+    body = normal > -500
+    rmse = {k: float(np.sqrt(np.mean((v[body] - normal[body]) ** 2))) for k, v in
+            (("low", low), ("denoised", denoised))}  # fmt: skip
+    console.print(
+        f"Error against the normal-dose series, inside the body: RMSE {rmse['low']:.1f} HU at "
+        f"{dose:g} % dose -> {rmse['denoised']:.1f} HU denoised"
+    )
+    console.print(f"Preview picture: [bold]{summary['series'][0]['preview']}[/bold]")
+
+
+def default_denoise_out(series_dir: Path, model_name: str) -> Path:
+    """A sibling of the input whose name says what it holds: CT -> CT-denoised-manas-5pct."""
+    resolved = series_dir.resolve()
+    return resolved.parent / f"{resolved.name}-denoised-{model_name}"
+
+
+def run_denoise(
+    inputs: list[Path],
+    out: Path | None,
+    model: str | None,
+    dose: float | None,
+    device: str,
+    batch: int,
+    preview: Path | None,
+    overwrite: bool,
+    reference: dict | None = None,
+) -> tuple[dict, list[InputProblem]]:
+    """Denoise every CT series under ``inputs``; one line per series and per problem.
+
+    ``reference`` maps a source folder to normal-dose HU (the demo), shown in the preview.
+    """
+    from manas_infer.denoise import denoise_series
+    from manas_infer.preview import save_comparison
+    from manas_infer.runtime import Denoiser, ModelError, resolve_model
+
+    try:
+        choice = resolve_model(model, dose)
+        denoiser = Denoiser(choice, device=device, batch=batch)
+    except (ModelError, ValueError, RuntimeError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model/--dose/--device") from None
+    found, problems = _scan(inputs)
+    if not found and not problems:
+        problems.append(InputProblem(inputs[0], "no DICOM CT series found"))
+        report_problem(problems[-1])
+    base = out or default_denoise_out(inputs[0], choice.name)
+    results = []
+    with progress() as bar:
+        for s in found:
+            target = base if len(found) == 1 else base / series_folder_name(s)
+            task = bar.add_task(f"Denoising {s.description[:30]}", total=s.n_slices)
+            started = time.perf_counter()
+            try:
+                done = denoise_series(
+                    s, denoiser, target, overwrite, on_slice=lambda n, t=task: bar.advance(t, n)
+                )
+            except InputProblem as problem:
+                report_problem(problem)
+                problems.append(problem)
+                continue
+            seconds = time.perf_counter() - started
+            result = {
+                "source": str(s.folder),
+                "output": str(done.written.folder),
+                "series_uid": done.written.series_uid,
+                "slices": done.written.n_slices,
+                "seconds": round(seconds, 2),
+                "slices_per_s": round(done.written.n_slices / seconds, 2),
+            }
+            if preview is not None:
+                png = (
+                    preview
+                    if len(found) == 1
+                    else preview.with_name(
+                        f"{preview.stem}-{series_folder_name(s)}{preview.suffix}"
+                    )
+                )
+                m = s.n_slices // 2
+                panels = [("Input", done.source[m]), (f"Denoised ({choice.name})", done.output[m])]
+                normal = (reference or {}).get(str(Path(s.folder).resolve()))
+                if normal is not None:
+                    panels.insert(0, ("Normal dose", normal[m]))
+                save_comparison(
+                    png,
+                    panels,
+                    difference=("Removed (input - denoised)", done.source[m] - done.output[m]),
+                    title=f"{s.description} - slice {m + 1} of {s.n_slices}",
+                )
+                result["preview"] = str(png)
+            results.append(result)
+    summary = {
+        "model": choice.name,
+        "model_path": str(choice.path),
+        "model_choice": choice.why,
+        "provider": denoiser.provider,
+        "provider_reason": denoiser.why,
+        "series": results,
+        "problems": [str(p) for p in problems],
+        "slices": sum(r["slices"] for r in results),
+        "seconds": round(sum(r["seconds"] for r in results), 2),
+    }
+    return summary, problems
+
+
+def print_denoise_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"model {summary['model']} ({summary['model_choice']}) on {summary['provider']}"
+    )
+    for column in ("series", "slices", "seconds", "slices/s", "output"):
+        table.add_column(column, overflow="fold")
+    for r in summary["series"]:
+        table.add_row(
+            Path(r["source"]).name,
+            str(r["slices"]),
+            f"{r['seconds']:.1f}",
+            f"{r['slices_per_s']:.2f}",
+            r["output"],
+        )
+    if summary["series"]:
+        console.print(table)
+    skipped = len(summary["problems"])
+    console.print(
+        f"{len(summary['series'])} series, {summary['slices']} slices denoised"
+        + (f"; [red]{skipped} skipped[/red]" if skipped else "")
+    )
+
+
+@app.command()
+def denoise(
+    series_dir: Path = typer.Argument(..., help="Folder of CT series (searched recursively)."),
+    model: str | None = typer.Option(
+        None, help="Model name in models/ or a path to an .onnx file; wins over --dose."
+    ),
+    dose: float | None = typer.Option(
+        None, help="Pick the shipped model for this dose: 10, 5 or 2.5 (percent)."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        help="Output folder. Default: a sibling, INPUT-denoised-MODEL. Several series "
+        "go into one sub-folder each.",
+    ),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or tensorrt."),
+    batch: int = typer.Option(4, min=1, help="Slices per inference call."),
+    preview: Path | None = typer.Option(
+        None, help="Write a PNG of the middle slice: input, denoised, difference."
+    ),
+    overwrite: bool = typer.Option(False, help="Replace output folders that exist."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Denoise every CT series in a folder with the shipped (or a given) model and write each
+    as a derived DICOM series, next to the input unless --out says otherwise."""
+    summary, problems = run_denoise(
+        [series_dir], out, model, dose, device, batch, preview, overwrite
+    )
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_denoise_summary(summary)
+    if problems or not summary["series"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -499,3 +688,128 @@ def phantom(
         report_problem(problem, "refused")
         raise typer.Exit(1) from None
     console.print(f"[green]wrote[/green] {folder}: {slices} synthetic slices, {size}x{size}")
+
+
+@app.command()
+def export(
+    run_dir: Path | None = typer.Argument(
+        None, help="A finished run directory. Default: the newest finished run in --runs."
+    ),
+    out: Path | None = typer.Option(
+        None, help="The .onnx file to write. Default: models/ARCH-DOSEpct.onnx."
+    ),
+    float16: bool = typer.Option(
+        False, "--fp16", help="Also write a float16 variant for GPUs (NAME.fp16.onnx)."
+    ),
+    citation: list[str] = typer.Option(
+        [], help="A citation for the training data, added to the card (repeatable)."
+    ),
+    runs: Path = typer.Option(Path("runs"), help="Folder that holds run directories."),
+    overwrite: bool = typer.Option(False, help="Replace a model file that exists."),
+    device: str = typer.Option("auto", help="Where the check runs: auto, cpu or cuda."),
+) -> None:
+    """Export a trained network to ONNX (HU in, HU out, any slice size), check it against
+    torch on real slices, and write it with its model card."""
+    from manas_infer.export.pipeline import ExportError, export_run, latest_finished_run
+
+    try:
+        folder = run_dir if run_dir is not None else latest_finished_run(runs)
+        console.print(f"exporting {folder}")
+        done = export_run(folder, out, float16, citation, overwrite, device)
+    except (ExportError, FileNotFoundError) as exc:
+        console.print(f"[red]export failed:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    for item in done:
+        p = item.parity
+        console.print(
+            f"[green]wrote[/green] {item.path} ({item.path.stat().st_size / 1e6:.2f} MB, "
+            f"{p.precision}) and {item.card_path.name}: onnxruntime ({p.provider}) vs torch "
+            f"max {p.max_abs_diff_hu:.3g} HU, mean {p.mean_abs_diff_hu:.2g} HU on "
+            f"{p.checked_on} (tolerance {p.tolerance_hu} HU)",
+            soft_wrap=True,
+        )
+
+
+@app.command()
+def models(
+    folder: Path | None = typer.Option(
+        None, help="Models folder. Default: $MANAS_MODELS or the shipped models/."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """List the available denoising models: dose, size, parameters and test metrics."""
+    from rich.table import Table
+
+    from manas_infer.runtime import list_models, models_dir
+
+    found = list_models(folder or models_dir())
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "name": m.name,
+                        "path": str(m.path),
+                        "default": m.is_default,
+                        "mb": round(m.megabytes, 2),
+                        **{
+                            k: m.card.get(k)
+                            for k in (
+                                "dose_percent",
+                                "precision",
+                                "parameters",
+                                "gflops_512",
+                                "metrics",
+                                "problem",
+                            )
+                        },
+                    }
+                    for m in found
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not found:
+        console.print(f"no models in {folder or models_dir()}")
+        raise typer.Exit(1)
+    table = Table(title=f"models in {folder or models_dir()}")
+    for column in (
+        "name",
+        "dose",
+        "precision",
+        "MB",
+        "parameters",
+        "GFLOPs 512²",
+        "test PSNR (dB)",
+        "test SSIM",
+    ):
+        table.add_column(column)
+    for m in found:
+        card = m.card
+        metrics = card.get("metrics", {})
+        low, net = metrics.get("low_dose_input", {}), metrics.get("denoised", {})
+
+        def pair(key: str, fmt: str, low=low, net=net) -> str:
+            if key not in low or key not in net:
+                return "?"
+            return f"{low[key][0]:{fmt}} -> {net[key][0]:{fmt}}"
+
+        table.add_row(
+            m.name + (" (default)" if m.is_default else ""),
+            f"{card['dose_percent']:g} %" if "dose_percent" in card else "?",
+            str(card.get("precision", "?")),
+            f"{m.megabytes:.2f}",
+            f"{card['parameters']:,}" if "parameters" in card else "?",
+            f"{card['gflops_512']:.1f}" if "gflops_512" in card else "?",
+            pair("psnr", ".2f"),
+            pair("ssim", ".3f"),
+        )
+        if "problem" in card:
+            console.print(f"[red]{card['problem']}[/red]")
+    console.print(table)
+
+
+from manas_infer.dicom_node.commands import register as _register_node  # noqa: E402
+
+_register_node(app)

@@ -17,13 +17,18 @@ from manas_infer.cli import app
 
 # A wide terminal keeps each option's help on one line of the rich help panels.
 runner = CliRunner(env={"MANAS_NO_PROGRESS": "1", "COLUMNS": "300"})
-EXPECTED_COMMANDS = ("inspect", "simulate", "demo", "prepare", "phantom")
+EXPECTED_COMMANDS = (
+    "inspect", "simulate", "demo", "prepare", "phantom", "train", "export", "models", "denoise",
+)  # fmt: skip
 SOME_OPTIONS = {
     "inspect": ["--json"],
     "simulate": ["--dose", "--out", "--mode", "--views", "--seed", "--preview", "--overwrite"],
     "demo": ["--out", "--dose", "--device"],
     "prepare": ["--data", "--dose", "--size", "--test-patient", "--max-slices", "--cache"],
     "phantom": ["--slices", "--size", "--seed", "--overwrite"],
+    "export": ["--out", "--fp16", "--citation", "--runs", "--overwrite"],
+    "models": ["--folder", "--json"],
+    "denoise": ["--model", "--dose", "--out", "--device", "--batch", "--preview", "--json"],
 }
 COMMANDS = get_command(app).commands
 

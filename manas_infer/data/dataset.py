@@ -39,7 +39,7 @@ from manas_infer.hu import HU_MIN
 from manas_infer.simulate.dose import DoseSettings, LowDoseSimulator
 
 SPLITS = ("train", "arch", "test")
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: patches cover air and lung too (patch_corners)
 Source = CTSeries | CTVolume
 
 
@@ -211,15 +211,24 @@ def pad_to_square(hu: torch.Tensor) -> torch.Tensor:
 
 
 def patch_corners(normal: np.ndarray, size: int, count: int, rng: np.random.Generator):
-    """``count`` top-left corners of size x size crops of one square slice, inside the body:
-    of 32 random candidates, the ones whose crops hold the most tissue (> -500 HU)."""
+    """``count`` top-left corners of size x size crops of one square slice, on the body.
+
+    Random among 32 candidate crops that are at least a third tissue (> -500 HU), so patches
+    cover the body's edges, air and lung as well as its inside: the first real run took only
+    the most-tissue crops of an abdomen and its net then added 124 HU of bias to the air and
+    lung of a chest. Slices with too few such crops fall back to the most-tissue ones.
+    """
     side = normal.shape[-1]
     if side < size:
         raise ValueError(f"a {size}-pixel patch does not fit a {side}-pixel slice")
     candidates = rng.integers(0, side - size + 1, size=(32, 2))
-    tissue = [float((normal[r : r + size, c : c + size] > -500).mean()) for r, c in candidates]
-    best = np.argsort(tissue, kind="stable")[::-1][:count]
-    return candidates[best]
+    tissue = np.array(
+        [float((normal[r : r + size, c : c + size] > -500).mean()) for r, c in candidates]
+    )
+    on_body = np.flatnonzero(tissue >= 1 / 3)
+    if len(on_body) >= count:
+        return candidates[rng.choice(on_body, size=count, replace=False)]
+    return candidates[np.argsort(tissue, kind="stable")[::-1][:count]]
 
 
 def training_views(square: torch.Tensor, size: int, corners: torch.Tensor | None) -> torch.Tensor:

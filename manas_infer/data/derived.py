@@ -258,7 +258,7 @@ def add_file_meta(ds: Dataset) -> None:
     ds.file_meta = meta
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -293,11 +293,11 @@ def write_series_folder(
                 os.fsync(f.fileno())
             if on_slice is not None:
                 on_slice()
-        _fsync_dir(partial)
+        fsync_dir(partial)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(partial, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         reason = exc.strerror or str(exc)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from manas_infer.train.cells import DerivedCell
 from manas_infer.train.genotype import Genotype
+from manas_infer.train.init import initialise
 from manas_infer.train.supernet import (
     STEM,
     Block,
@@ -46,12 +47,17 @@ class DerivedNetwork(nn.Module):
         self._plan: list[tuple[Block, list[tuple[str, Block]]]] = sorted(inputs.items())
         self._last: Block = (g.L, 1)
         self.head = nn.Conv2d(g.C, 1, 3, padding=1)
-        # Zero head: the net starts as the identity (output = input) and learns the noise to
-        # remove; a random head would add a large offset that a short schedule never undoes.
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        initialise(self, self.head)  # He init, small head: see train/init.py
 
     def forward(self, x: Tensor) -> Tensor:
+        return x + self.residual(x)
+
+    def residual(self, x: Tensor) -> Tensor:
+        """The head's output alone: what the net adds to its input (minus the noise).
+
+        Separate so that a float16 export can run the body in half precision and still add
+        the residual to the float32 input (see export/graph.py).
+        """
         check_input(x, self.D)
         feats: dict[Block, Tensor] = {STEM: self.stem(x)}
         for block, inputs in self._plan:
@@ -60,4 +66,4 @@ class DerivedNetwork(nn.Module):
                 y = self.cells[key](feats[src])
                 z = y if z is None else z + y
             feats[block] = z
-        return x + self.head(feats[self._last])
+        return self.head(feats[self._last])

@@ -430,9 +430,8 @@ class Trainer:
 
     def _evaluate(self) -> None:
         if self.ctx.is_main:
-            best = torch.load(self.checkpoints / "best.pt", map_location="cpu", weights_only=False)
-            model = DerivedNetwork(Genotype.from_json(best["genotype"])).to(self.device)
-            model.load_state_dict(best["state_dict"])
+            model, best = load_trained(self.folder)
+            model = model.to(self.device)
             report = {
                 "low_dose": self._quality(None, "test"),
                 "network": self._quality(model, "test"),
@@ -498,6 +497,20 @@ def load_run_config(folder: Path) -> RunConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: not a run directory (no config.json)")
     return RunConfig.from_dict(json.loads(path.read_text()))
+
+
+def load_trained(folder: Path) -> tuple[DerivedNetwork, dict]:
+    """The retrained network of a run (best validation epoch) in eval mode, and its checkpoint.
+
+    The one way export, evaluation and tests rebuild a trained net from a run directory.
+    """
+    path = Path(folder) / "checkpoints" / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no retrained network yet ({path} is missing)")
+    best = torch.load(path, map_location="cpu", weights_only=False)
+    model = DerivedNetwork(Genotype.from_json(best["genotype"]))
+    model.load_state_dict(best["state_dict"])
+    return model.eval(), best
 
 
 def run_stage(folder: Path) -> str:

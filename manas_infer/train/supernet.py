@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as run_checkpointed
 
 from manas_infer.train.cells import CELL_TYPES, SearchCell, n_edges
+from manas_infer.train.init import initialise
 from manas_infer.train.operations import PRIMITIVES
 
 Block = tuple[int, int]  # (layer, depth)
@@ -138,10 +139,7 @@ class SuperNet(nn.Module):
             }
         )
         self.head = nn.Conv2d(C, 1, 3, padding=1)
-        # Zero head: the net starts as the identity (output = input) and learns the noise to
-        # remove; a random head would add a large offset that a short schedule never undoes.
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        initialise(self, self.head)  # He init, small head: see train/init.py
         self.alphas = nn.ParameterDict(
             {t: nn.Parameter(1e-3 * torch.randn(n_edges(P), len(PRIMITIVES))) for t in CELL_TYPES}
         )

@@ -1,0 +1,101 @@
+"""Which model denoises a series, and where its derived series goes: the config's routing
+rules, first match wins, by calling AE title and by the dose information in the data
+(CTDIvol), with the default model and every destination when no rule matches.
+
+Every model a rule names is resolved when the node starts, so a typo in a model name stops
+the start-up instead of failing the first series at night.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from manas_infer.data.series import CTSeries
+from manas_infer.dicom_node.config import NodeConfig, Rule
+from manas_infer.runtime import ModelChoice, ModelError, resolve_model
+
+
+@dataclass(frozen=True)
+class Route:
+    """The decision for one series, with the reason in words for the log and the record."""
+
+    model: ModelChoice
+    rule: str
+    destinations: tuple[str, ...]
+    why: str
+
+
+def series_ctdivol(series: CTSeries) -> float | None:
+    """The series' CTDIvol (0018,9345) in mGy: the median over the slices that carry one."""
+    values = []
+    for header in series.slices:
+        value = header.dataset.get("CTDIvol")
+        try:
+            if value is not None and value != "":
+                values.append(float(value))
+        except (TypeError, ValueError):
+            continue
+    return statistics.median(values) if values else None
+
+
+def _matches(rule: Rule, calling_ae: str, ctdivol: float | None) -> bool:
+    if rule.calling_ae and calling_ae.strip() not in [a.strip() for a in rule.calling_ae]:
+        return False
+    if rule.ctdivol_below is not None and (ctdivol is None or ctdivol >= rule.ctdivol_below):
+        return False
+    return not (
+        rule.ctdivol_at_least is not None and (ctdivol is None or ctdivol < rule.ctdivol_at_least)
+    )
+
+
+def _describe(rule: Rule, index: int) -> str:
+    return rule.name or f"rule {index + 1}"
+
+
+class Router:
+    """The config's rules with their models resolved once."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.rules = config.routing.rules
+        self.all_destinations = tuple(d.name for d in config.destinations)
+        problems = []
+        self.models: list[ModelChoice] = []
+        for i, rule in enumerate(self.rules):
+            try:
+                self.models.append(resolve_model(rule.model or None, rule.dose))
+            except ModelError as exc:
+                problems.append(f"routing.rules[{i}] ({_describe(rule, i)}): {exc}")
+        try:
+            self.default = resolve_model(config.processing.default_model or None)
+        except ModelError as exc:
+            problems.append(f"processing.default_model: {exc}")
+        if problems:
+            from manas_infer.dicom_node.config import NodeConfigError
+
+            raise NodeConfigError(config.source, problems)
+
+    def choices(self) -> list[ModelChoice]:
+        """Every model a series can be routed to (each loaded once by the worker)."""
+        unique: dict[str, ModelChoice] = {}
+        for choice in [self.default, *self.models]:
+            unique.setdefault(str(choice.path.resolve()), choice)
+        return list(unique.values())
+
+    def choose(self, calling_ae: str, ctdivol: float | None) -> Route:
+        dose = "no CTDIvol" if ctdivol is None else f"CTDIvol {ctdivol:.2f} mGy"
+        for i, (rule, model) in enumerate(zip(self.rules, self.models, strict=True)):
+            if _matches(rule, calling_ae, ctdivol):
+                name = _describe(rule, i)
+                return Route(
+                    model,
+                    name,
+                    tuple(rule.destinations) or self.all_destinations,
+                    f"rule {name!r} matched (calling AE {calling_ae or '?'}, {dose})",
+                )
+        return Route(
+            self.default,
+            "default",
+            self.all_destinations,
+            f"no rule matched (calling AE {calling_ae or '?'}, {dose}): default model",
+        )

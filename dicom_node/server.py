@@ -1,0 +1,234 @@
+"""Wiring: spool + router + models + SCP handlers + worker + senders, signals and a
+graceful stop. ``run_node`` is what ``manas-infer serve`` calls."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+import sys
+import threading
+import time
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from manas_infer.dicom_node.config import NodeConfig
+from manas_infer.dicom_node.intake import STORAGE_CLASSES, TRANSFER_SYNTAXES, Intake
+from manas_infer.dicom_node.routing import Router
+from manas_infer.dicom_node.sender import Sender
+from manas_infer.dicom_node.spool import Spool, State
+from manas_infer.dicom_node.worker import Worker
+
+log = logging.getLogger("manas_infer.node")
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class _Reported(logging.Filter):
+    """Drop pynetdicom's lines about failed outgoing connections: the sender reports them
+    itself, once, with the destination, the cause and the next retry."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(
+            ("Association request failed: unable to connect", "TCP Initialisation Error")
+        )
+
+
+def setup_logging(config: NodeConfig) -> None:
+    """Plain timestamped lines on stderr and in the log file (a daemon's output is read in
+    journald or a file, not a terminal). pynetdicom's own lines only from warnings up:
+    its debug output describes PDUs and would add nothing an on-call person needs."""
+    level = getattr(logging, config.logging.level.upper())
+    formatter = logging.Formatter(LOG_FORMAT)
+    config.log_file.parent.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [
+        logging.StreamHandler(sys.stderr),
+        logging.FileHandler(config.log_file, encoding="utf-8"),
+    ]
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(_Reported())
+    ours = logging.getLogger("manas_infer")
+    for old in list(ours.handlers):
+        ours.removeHandler(old)
+    for handler in handlers:
+        ours.addHandler(handler)
+    ours.setLevel(level)
+    ours.propagate = False
+    theirs = logging.getLogger("pynetdicom")
+    for old in list(theirs.handlers):
+        theirs.removeHandler(old)
+    for handler in handlers:
+        theirs.addHandler(handler)
+    theirs.setLevel(max(level, logging.WARNING))
+    theirs.propagate = False
+
+
+def server_tls(config: NodeConfig) -> ssl.SSLContext | None:
+    t = config.tls
+    if not t.enabled:
+        return None
+    ctx = ssl.create_default_context(
+        ssl.Purpose.CLIENT_AUTH, cafile=str(t.ca_certificates) if t.ca_certificates else None
+    )
+    ctx.load_cert_chain(str(t.certificate), str(t.private_key))
+    if t.require_client_certificate:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    elif t.ca_certificates:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def build_ae(config: NodeConfig) -> AE:
+    """The Storage SCP's application entity: limits, timeouts, accepted contexts."""
+    node = config.node
+    ae = AE(ae_title=node.ae_title)
+    ae.maximum_associations = node.max_associations
+    ae.maximum_pdu_size = node.max_pdu
+    ae.acse_timeout = node.acse_timeout
+    ae.dimse_timeout = node.dimse_timeout
+    ae.network_timeout = node.network_timeout
+    ae.require_called_aet = True
+    for sop_class in STORAGE_CLASSES:
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    return ae
+
+
+class Node:
+    """The running node. ``start`` returns once it listens; ``stop`` is graceful."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.stop_event = threading.Event()
+        self.spool = Spool(config.spool.path)
+        self.router = Router(config)  # raises NodeConfigError for unknown models
+        self.intake = Intake(config, self.spool)
+        self.senders = {
+            d.name: Sender(config, d, self.spool, self.stop_event) for d in config.destinations
+        }
+        self.worker = Worker(config, self.spool, self.router, self.stop_event, self._processed)
+        self.ae: AE | None = None
+        self.server = None
+
+    def _processed(self, key: str) -> None:
+        for sender in self.senders.values():
+            sender.wake.set()
+
+    def start(self) -> None:
+        c = self.config
+        for note in self.spool.recover():
+            log.info("recovered: %s", note)
+        for choice in self.router.choices():  # load every routed model once, now
+            self.worker.denoiser(choice)
+        ae = build_ae(c)
+        self.server = ae.start_server(
+            (c.node.host, c.node.port),
+            block=False,
+            evt_handlers=self.intake.handlers(),
+            ssl_context=server_tls(c),
+        )
+        self.ae = ae
+        self.worker.start()
+        for sender in self.senders.values():
+            sender.start()
+        self._log_started()
+
+    def _log_started(self) -> None:
+        c = self.config
+        states: dict[str, int] = {}
+        for record in self.spool.records():
+            states[record.state] = states.get(record.state, 0) + 1
+        backlog = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "empty"
+        allowed = (
+            "any calling AE"
+            if c.security.allow_any
+            else ", ".join(f"{a.ae_title}@{a.host}" for a in c.security.allowed)
+        )
+        tls = "off"
+        if c.tls.enabled:
+            tls = "on, client certificate " + (
+                "required" if c.tls.require_client_certificate else "optional"
+            )
+        destinations = (
+            ", ".join(f"{d.name}={d.ae_title}@{d.host}:{d.port}" for d in c.destinations)
+            or "NONE (derived series stay in the spool)"
+        )
+        models = ", ".join(f"{d.name} on {d.provider}" for d in self.worker.denoisers.values())
+        log.info(
+            "DICOM node %s listening on %s:%d (TLS %s); allowed: %s; destinations: %s; "
+            "models: %s; stable age %g s; spool %s (%s)",
+            c.node.ae_title,
+            c.node.host,
+            c.node.port,
+            tls,
+            allowed,
+            destinations,
+            models,
+            c.spool.stable_age,
+            c.spool.path,
+            backlog,
+        )
+
+    def stop(self) -> None:
+        """Stop listening, let open associations finish (up to shutdown_grace), then stop
+        the worker and senders between steps: in-flight work is finished or parked."""
+        grace = self.config.node.shutdown_grace
+        log.info("stopping: no new associations; waiting up to %g s for open ones", grace)
+        if self.server is not None:
+            self.server.shutdown()
+        deadline = time.monotonic() + grace
+        while self.server is not None and self.server.active_associations:
+            if time.monotonic() > deadline:
+                log.warning("aborting %d open association(s)", len(self.server.active_associations))
+                for assoc in self.server.active_associations:
+                    assoc.abort()
+                break
+            time.sleep(0.1)
+        self.stop_event.set()
+        self.worker.wake.set()
+        for sender in self.senders.values():
+            sender.wake.set()
+        for thread in [self.worker, *self.senders.values()]:
+            if thread.is_alive():
+                thread.join(timeout=max(5.0, deadline - time.monotonic()))
+        counts: dict[str, int] = {}
+        for record in self.spool.records():
+            counts[record.state] = counts.get(record.state, 0) + 1
+        left = {s: n for s, n in counts.items() if s not in (State.SENT, State.FAILED)}
+        log.info(
+            "stopped; left in the spool for the next start: %s",
+            ", ".join(f"{n} {s}" for s, n in sorted(left.items())) or "nothing",
+        )
+
+
+def run_node(config: NodeConfig) -> int:
+    """Start, serve until SIGTERM or SIGINT, stop gracefully. Returns the exit code."""
+    setup_logging(config)
+    node = Node(config)
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        node.start()
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s:%d: %s",
+            config.node.host,
+            config.node.port,
+            exc.strerror or exc,
+        )
+        node.stop_event.set()
+        return 1
+    while not stop_requested.wait(1.0):
+        if not node.worker.is_alive():
+            log.error("the worker thread died; stopping")
+            break
+    node.stop()
+    return 0

@@ -1,0 +1,368 @@
+"""The spool: the node's only memory that matters. Everything the node has acknowledged or
+decided is on disk before it counts, so a restart (even after kill -9) resumes from here.
+
+Layout under the spool folder::
+
+    series/<key>/state.json          the series' record (atomic replace, fsynced)
+    series/<key>/incoming/<sop>.dcm  received instances (temporary file, fsync, rename)
+    series/<key>/derived/CT00001.dcm the derived series (written by the denoise writer)
+    series/<key>/sent-<dest>.log     "UID ok" for each instance the destination accepted,
+                                     appended and fsynced after every accepted C-STORE
+    failures.jsonl                   every permanent failure, one JSON object a line
+
+``<key>`` is a hash of the SeriesInstanceUID: safe as a folder name whatever a sender puts
+in the UID, and safe to log. One process owns a spool; threads share it through the
+per-series locks here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+
+from manas_infer.data.derived import fsync_dir
+
+STATE_FILE = "state.json"
+HISTORY_LENGTH = 30
+SENT_MARK = " ok"
+
+
+class State(StrEnum):
+    RECEIVING = "receiving"  # instances arriving; complete after the stable age
+    QUEUED = "queued"  # complete, waiting for the worker
+    PROCESSING = "processing"  # being denoised
+    SENDING = "sending"  # derived series written, destinations pending
+    SENT = "sent"  # every destination accepted every instance
+    FAILED = "failed"  # processing failed, or a destination failed permanently
+
+
+class DestState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+def series_key(series_uid: str) -> str:
+    """A short, filesystem-safe and loggable stand-in for a SeriesInstanceUID."""
+    return hashlib.sha256(series_uid.encode()).hexdigest()[:20]
+
+
+def instance_file_name(sop_uid: str) -> str:
+    """The UID itself when it is a well-formed UID, else its hash (a sender's bad UID must
+    not become a path)."""
+    if re.fullmatch(r"[0-9][0-9.]{0,63}", sop_uid):
+        return f"{sop_uid}.dcm"
+    return hashlib.sha256(sop_uid.encode()).hexdigest()[:40] + ".dcm"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temporary file beside ``path``, fsync, rename, fsync the folder: all or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@dataclass
+class DestinationProgress:
+    """One destination's view of one series."""
+
+    state: str = DestState.PENDING
+    attempts: int = 0
+    first_failure: float | None = None
+    last_error: str | None = None
+    sent: int = 0
+    total: int = 0
+
+
+@dataclass
+class SeriesRecord:
+    """What ``state.json`` holds for one series (no patient data: UIDs, counts, reasons)."""
+
+    key: str
+    series_uid: str
+    state: str = State.RECEIVING
+    calling_ae: str = ""
+    calling_host: str = ""
+    first_received: float = 0.0
+    updated: float = 0.0
+    generation: int = 0  # bumped when new instances reopen a series that was taken
+    instances: int = 0
+    model: str | None = None
+    route: str | None = None
+    derived_series_uid: str | None = None
+    derived_slices: int = 0
+    processed_at: float | None = None
+    destinations: dict[str, DestinationProgress] = field(default_factory=dict)
+    error: str | None = None
+    history: list[list] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        """Add an event to the series' short history (shown by node-status)."""
+        self.history.append([round(time.time(), 3), text])
+        del self.history[:-HISTORY_LENGTH]
+
+    @classmethod
+    def from_json(cls, data: dict) -> SeriesRecord:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["destinations"] = {
+            name: DestinationProgress(**d) for name, d in data.get("destinations", {}).items()
+        }
+        return cls(**values)
+
+
+class Spool:
+    """The on-disk state of every series, with an in-memory copy of the records."""
+
+    def __init__(self, root: Path, read_only: bool = False) -> None:
+        self.root = Path(root)
+        self.series_root = self.root / "series"
+        self.read_only = read_only
+        self._records: dict[str, SeriesRecord] = {}
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+        self._arrivals: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._journal_guard = threading.Lock()
+        if not read_only:
+            self.series_root.mkdir(parents=True, exist_ok=True)
+        if self.series_root.is_dir():
+            for folder in sorted(self.series_root.iterdir()):
+                record = self._load(folder)
+                if record is not None:
+                    self._records[record.key] = record
+
+    # ---- paths
+    def series_dir(self, key: str) -> Path:
+        return self.series_root / key
+
+    def incoming_dir(self, key: str) -> Path:
+        return self.series_root / key / "incoming"
+
+    def derived_dir(self, key: str) -> Path:
+        return self.series_root / key / "derived"
+
+    def _journal(self, key: str, destination: str) -> Path:
+        return self.series_root / key / f"sent-{destination}.log"
+
+    # ---- records
+    def _load(self, folder: Path) -> SeriesRecord | None:
+        path = folder / STATE_FILE
+        if not path.is_file():
+            return None
+        try:
+            return SeriesRecord.from_json(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError, KeyError):
+            return None  # only a rename can publish it, so this is not ours: recover() decides
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(key, threading.RLock())
+        with lock:
+            yield
+
+    def get(self, key: str) -> SeriesRecord | None:
+        record = self._records.get(key)
+        return None if record is None else SeriesRecord.from_json(asdict(record))
+
+    def records(self, *states: str) -> list[SeriesRecord]:
+        """Copies of the records (only those in ``states`` if given), oldest first."""
+        keys = [k for k, r in list(self._records.items()) if not states or r.state in states]
+        found = [self.get(k) for k in keys]
+        return sorted((r for r in found if r), key=lambda r: r.first_received)
+
+    def save(self, record: SeriesRecord) -> None:
+        record.updated = time.time()
+        folder = self.series_dir(record.key)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(folder / STATE_FILE, json.dumps(asdict(record), indent=1).encode())
+        self._records[record.key] = SeriesRecord.from_json(asdict(record))
+
+    def update(self, key: str, change: Callable[[SeriesRecord], object]) -> SeriesRecord:
+        """Read, change and save one record under its lock; returns the saved copy."""
+        with self.lock(key):
+            record = self.get(key)
+            if record is None:
+                raise KeyError(key)
+            change(record)
+            self.save(record)
+            return record
+
+    def known_derived(self, series_uid: str) -> bool:
+        """Whether a series UID is one this node produced (its output routed back)."""
+        return any(r.derived_series_uid == series_uid for r in self._records.values())
+
+    # ---- instances
+    def instance_path(self, key: str, sop_uid: str) -> Path:
+        return self.incoming_dir(key) / instance_file_name(sop_uid)
+
+    def write_temporary(self, data: bytes) -> Path:
+        """A received instance's bytes on disk and fsynced, not yet part of any series (the
+        staging folder is inside the spool, so publishing it is a rename)."""
+        staging = self.root / "tmp"
+        staging.mkdir(parents=True, exist_ok=True)
+        tmp = staging / f".tmp-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def publish(self, key: str, tmp: Path, sop_uid: str) -> None:
+        """Rename a checked temporary file into the series (call under the series lock)."""
+        final = self.instance_path(key, sop_uid)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        new = not final.exists()
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        if new:
+            self._counts[key] = self.instance_count(key) + 1
+        self._arrivals[key] = time.time()
+
+    def instance_count(self, key: str) -> int:
+        if key not in self._counts:
+            self._counts[key] = len(self.instance_files(key))
+        return self._counts[key]
+
+    def instance_files(self, key: str) -> list[Path]:
+        folder = self.incoming_dir(key)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.suffix == ".dcm" and p.is_file())
+
+    def last_arrival(self, key: str) -> float:
+        """When the series last grew: this process's clock, else the folder's mtime (the
+        rename that published the newest instance), which survives a restart."""
+        folder = self.incoming_dir(key)
+        on_disk = folder.stat().st_mtime if folder.is_dir() else 0.0
+        return max(self._arrivals.get(key, 0.0), on_disk)
+
+    # ---- sending journal
+    def sent_uids(self, key: str, destination: str) -> set[str]:
+        path = self._journal(key, destination)
+        if not path.is_file():
+            return set()
+        # A record is "UID ok": a line torn by a kill -9 mid-append lacks the mark and does
+        # not count, even when what remains of it looks like another UID.
+        return {
+            line[: -len(SENT_MARK)]
+            for line in path.read_text().splitlines()
+            if line.endswith(SENT_MARK)
+        }
+
+    def record_sent(self, key: str, destination: str, sop_uid: str) -> None:
+        """Durably note that ``destination`` accepted ``sop_uid`` (before anything else)."""
+        path = self._journal(key, destination)
+        with self._journal_guard:
+            new = not path.exists()
+            with open(path, "a", encoding="ascii") as f:
+                if f.tell() and not _ends_with_newline(path):
+                    f.write("\n")  # a torn line from a crash stays a line of its own
+                f.write(sop_uid + SENT_MARK + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if new:
+                fsync_dir(path.parent)
+
+    def record_failure(self, **entry: object) -> None:
+        """Append one permanent failure to failures.jsonl (kept for people and node-status)."""
+        entry = {"time": round(time.time(), 3), **entry}
+        with self._journal_guard, open(self.root / "failures.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def failures(self) -> list[dict]:
+        path = self.root / "failures.jsonl"
+        if not path.is_file():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+        return out
+
+    # ---- housekeeping
+    def disk_used_percent(self) -> float:
+        usage = shutil.disk_usage(self.root)
+        return 100.0 * (usage.total - usage.free) / usage.total
+
+    def recover(self) -> list[str]:
+        """After a start: drop leftovers of interrupted writes, requeue interrupted work,
+        rebuild records for instances whose record was never written. Returns notes."""
+        notes: list[str] = []
+        for junk in (self.root / "tmp").glob(".tmp-*"):
+            junk.unlink(missing_ok=True)
+        if not self.series_root.is_dir():
+            return notes
+        for folder in sorted(self.series_root.iterdir()):
+            if not folder.is_dir():
+                continue
+            for junk in folder.glob(".derived.partial-*"):
+                shutil.rmtree(junk, ignore_errors=True)
+            for junk in folder.glob(".*.tmp-*"):
+                junk.unlink(missing_ok=True)
+            key = folder.name
+            record = self._records.get(key)
+            has_files = bool(self.instance_files(key))
+            if record is None:
+                if not has_files:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    continue
+                uid = _series_uid_of(self.instance_files(key)[0]) or key
+                record = SeriesRecord(key, uid, first_received=time.time())
+                record.note("record rebuilt at start-up from received instances")
+                self.save(record)
+                notes.append(f"series {key}: record rebuilt from its instances")
+            elif record.state == State.PROCESSING:
+                record.state = State.QUEUED
+                record.note("processing interrupted by a stop; queued again")
+                self.save(record)
+                notes.append(f"series {key}: processing was interrupted, queued again")
+            elif record.state == State.RECEIVING and not has_files:
+                shutil.rmtree(folder, ignore_errors=True)
+                self._records.pop(key, None)
+        return notes
+
+    def purge(self, key: str) -> None:
+        """Forget a finished series (its files and record)."""
+        with self.lock(key):
+            shutil.rmtree(self.series_dir(key), ignore_errors=True)
+            self._records.pop(key, None)
+            self._counts.pop(key, None)
+            self._arrivals.pop(key, None)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _series_uid_of(path: Path) -> str | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except Exception:
+        return None
+    return str(ds.get("SeriesInstanceUID", "") or "") or None

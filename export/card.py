@@ -1,0 +1,104 @@
+"""The model card (SPEC section 3): what a model is, what it was trained on, how good it is."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from manas_infer import __version__
+
+INTENDED_USE = (
+    "Research and workflow evaluation of low-dose CT denoising. Not for primary diagnosis: "
+    "a denoised series is a derived aid shown next to the original, never instead of it."
+)
+CITATION_FILES = ("CITATION.txt", "CITATION.md", "CITATION.cff")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def citation_files(root: Path, max_depth: int = 3) -> dict[str, str]:
+    """{folder: text} of every citation file under the data root (symlinked folders too).
+
+    Public datasets ship their required citation beside the images; a card must carry it.
+    """
+    found: dict[str, str] = {}
+    root = Path(root)
+    if not root.is_dir():
+        return found
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        depth = len(Path(folder).relative_to(root).parts)
+        if depth >= max_depth:
+            dirs[:] = []
+        for name in CITATION_FILES:
+            if name in files:
+                found[str(Path(folder).relative_to(root)) or "."] = (
+                    (Path(folder) / name).read_text(errors="replace").strip()
+                )
+    return found
+
+
+def build_card(run_dir: Path, name: str, precision: str, extra_citations: list[str]) -> dict:
+    """Everything the card says except the file's sha256 and the parity check (added after)."""
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    dataset = json.loads((run_dir / "dataset.json").read_text())
+    genotype = json.loads((run_dir / "genotype.json").read_text())
+    manifest_file = Path(dataset["folder"]) / "manifest.json"
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    citations = {
+        f"{config['data_root']}/{folder}": text
+        for folder, text in citation_files(Path(config["data_root"])).items()
+    }
+    for i, text in enumerate(extra_citations, 1):
+        citations[f"--citation {i}"] = text
+    low, net = metrics["mean_sd"]["low_dose"], metrics["mean_sd"]["network"]
+    return {
+        "name": name,
+        "description": (
+            f"{config['arch'].upper()} low-dose CT denoiser for {config['dose']:g} % dose "
+            f"(HU in, HU out, any slice size)"
+        ),
+        "arch": config["arch"],
+        "dose_percent": config["dose"],
+        "precision": precision,
+        "input": "float32 [N, 1, H, W] CT slices in HU (any N, H, W)",
+        "output": "float32 [N, 1, H, W] denoised slices in HU",
+        "genotype": genotype,
+        "parameters": metrics["parameters"],
+        "gflops_512": round(metrics["gflops_512"], 2),
+        "training": {
+            "preset": config["preset"],
+            "seed": config["seed"],
+            "perceptual_weight": config["perceptual_weight"],
+            "simulated_dose": dataset["spec"]["dose"],
+            "images": metrics["images"],
+            "counts": dataset["counts"],
+            "data_root": config["data_root"],
+            "test_patients": config["test_patients"],
+            "series": sorted({s["series_uid"] for s in manifest.get("slices", [])}),
+            "seconds": metrics["seconds"],
+            "device": metrics["device"],
+            "run": run_dir.name,
+        },
+        "citations": citations,
+        "metrics": {
+            "on": (
+                f"{metrics['test_slices']} {metrics['images']} of the held-out test patient(s) "
+                f"{', '.join(config['test_patients']) or '(chosen by the split)'}, "
+                f"simulated {config['dose']:g} % dose"
+            ),
+            "ranges": metrics["ranges"],
+            "low_dose_input": low,
+            "denoised": net,
+        },
+        "software_version": __version__,
+        "intended_use": INTENDED_USE,
+    }

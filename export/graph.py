@@ -1,0 +1,47 @@
+"""What an exported model file computes: HU in, HU out (SPEC section 3).
+
+The trained networks work on [0, 1]-normalised images whose sides are multiples of
+2^(D-1). Both conventions go *inside* the graph, so a caller hands over raw HU slices of any
+size and never needs to know the training range or the grid depth:
+
+    HU -> clamp to [HU_MIN, HU_MAX] -> normalise -> pad (edge) to a multiple -> body
+       -> crop -> denormalise -> + input
+
+Values outside the training range (scanner padding at -2000 or -3024 HU, metal above
+3072 HU) are passed through unchanged rather than clipped: the network only sees the range it
+was trained on and only adds its correction to the input. The body may run in float16 while
+the input, the residual sum and the output stay float32, so half precision costs noise-level
+accuracy only, not the HU quantisation of the image itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from manas_infer.hu import HU_MAX, HU_MIN
+
+
+class HUModel(nn.Module):
+    """Wrap a residual denoiser (``residual(x)``: the correction to add) for HU input.
+
+    ``body_dtype`` float16 runs the network in half precision (the GPU variant).
+    """
+
+    def __init__(self, net: nn.Module, size_multiple: int, body_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.net = net.to(body_dtype)
+        self.size_multiple = int(size_multiple)
+        self.body_dtype = body_dtype
+
+    def forward(self, hu: Tensor) -> Tensor:
+        inside = hu.clamp(HU_MIN, HU_MAX)
+        x = (inside - HU_MIN) / (HU_MAX - HU_MIN)
+        H, W = x.shape[-2], x.shape[-1]
+        m = self.size_multiple
+        if m > 1:
+            # Edge padding on the bottom and right only, so the crop back is a plain slice.
+            x = F.pad(x, (0, (m - W % m) % m, 0, (m - H % m) % m), mode="replicate")
+        correction = self.net.residual(x.to(self.body_dtype)).float()[..., :H, :W]
+        return hu + correction * (HU_MAX - HU_MIN)

@@ -1,0 +1,131 @@
+"""``export_run``: a finished training run -> a verified, self-describing ONNX model file."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from manas_infer.export.card import build_card, sha256
+from manas_infer.export.graph import HUModel
+from manas_infer.export.onnx_file import set_metadata, to_onnx
+from manas_infer.export.verify import Parity, compare
+from manas_infer.runtime.models import card_path, models_dir, name_for_dose
+from manas_infer.train.run import load_run_config, load_trained, run_stage
+
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16}
+
+
+class ExportError(Exception):
+    """The export cannot be done or did not verify; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    card_path: Path
+    parity: Parity
+
+
+def latest_finished_run(runs_root: Path) -> Path:
+    """The newest run directory (by name: runs are named by start time) that finished."""
+    runs = sorted(p for p in Path(runs_root).glob("*") if (p / "config.json").is_file())
+    for folder in reversed(runs):
+        if run_stage(folder) == "done":
+            return folder
+    raise ExportError(
+        f"{runs_root}: no finished training run here (train one with "
+        f"'manas-infer train --dose 5', or pass the run directory)"
+    )
+
+
+def verification_slices(run_dir: Path, count: int = 3) -> tuple[np.ndarray, str]:
+    """Whole native slices (HU) of the run's held-out test patient, from its dataset cache;
+    the synthetic phantom when that cache is gone (the card says which)."""
+    from manas_infer.data.dataset import PreparedDataset
+
+    dataset = json.loads((run_dir / "dataset.json").read_text())
+    folder = Path(dataset["folder"])
+    if (folder / "manifest.json").is_file():
+        native = PreparedDataset.load(folder).native("test")
+        if native is not None and len(native[0]):
+            slices = native[0]
+            pick = np.linspace(0, len(slices) - 1, min(count, len(slices))).round().astype(int)
+            return slices[pick], f"{len(pick)} real slices of the run's test patient"
+    from manas_infer.data.phantom import phantom_volume
+
+    return phantom_volume(count, 256).astype(np.float32), f"{count} synthetic phantom slices"
+
+
+def export_run(
+    run_dir: Path,
+    out: Path | None = None,
+    float16: bool = False,
+    citations: list[str] | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+) -> list[Exported]:
+    """Export, verify against torch, and write model + card; float16 variant on request.
+
+    Files appear only after they verified: each is written under a hidden partial name and
+    renamed into place, so a failed or interrupted export never leaves a model behind.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ExportError(f"{run_dir}: not a training run directory (no config.json)")
+    if run_stage(run_dir) != "done":
+        raise ExportError(
+            f"{run_dir}: the run has not finished (stage {run_stage(run_dir)!r}); "
+            f"finish it with 'manas-infer train --resume {run_dir}'"
+        )
+    config = load_run_config(run_dir)
+    net, _ = load_trained(run_dir)
+    out = Path(out) if out else models_dir() / f"{name_for_dose(config.dose, config.arch)}.onnx"
+    if out.suffix != ".onnx":
+        raise ExportError(f"{out}: the output must be a .onnx file")
+    slices, checked_on = verification_slices(run_dir)
+    reference = HUModel(copy.deepcopy(net), net.size_multiple)
+    targets = [("float32", out)]
+    if float16:
+        targets.append(("float16", out.with_name(out.name.removesuffix(".onnx") + ".fp16.onnx")))
+    for _, path in targets:
+        if (path.exists() or card_path(path).exists()) and not overwrite:
+            raise ExportError(f"{path}: exists already (use --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = []
+    for precision, path in targets:
+        name = path.name.removesuffix(".onnx")
+        card = build_card(run_dir, name, precision, citations or [])
+        card["size_multiple"] = net.size_multiple
+        proto = to_onnx(HUModel(copy.deepcopy(net), net.size_multiple, PRECISIONS[precision]))
+        set_metadata(proto, card)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(proto.SerializeToString())
+        try:
+            parity = compare(reference, partial, slices, precision, checked_on, device)
+            if not parity.ok:
+                raise ExportError(
+                    f"{path}: onnxruntime differs from torch by up to "
+                    f"{parity.max_abs_diff_hu:.3g} HU, more than the {parity.tolerance_hu} HU "
+                    f"allowed for {precision}; nothing was written"
+                )
+            card["verification"] = parity.to_dict()
+            set_metadata(proto, card)
+            partial.write_bytes(proto.SerializeToString())
+            card["sha256"] = sha256(partial)
+            card["file"] = path.name
+            card["bytes"] = partial.stat().st_size
+            card_partial = card_path(partial)
+            card_partial.write_text(json.dumps(card, indent=2) + "\n")
+            os.replace(partial, path)
+            os.replace(card_partial, card_path(path))
+        finally:
+            partial.unlink(missing_ok=True)
+            card_path(partial).unlink(missing_ok=True)
+        done.append(Exported(path, card_path(path), parity))
+    return done

@@ -1,0 +1,80 @@
+"""A CT series -> a denoised derived series: the one step both the ``denoise`` command and the
+DICOM node run (read with the one reader, denoise with the one runtime, write with the one
+writer). Nothing here knows about command lines or networks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from manas_infer import __version__
+from manas_infer.data.derived import Derivation, WrittenSeries, write_derived_series
+from manas_infer.data.series import CTSeries
+from manas_infer.errors import InputProblem
+from manas_infer.runtime import Denoiser
+
+
+def denoise_derivation(denoiser: Denoiser) -> Derivation:
+    """The derived series' name and UID seed. The identity is the model file's sha256, so the
+    same series through the same model always gets the same UIDs (a PACS deduplicates a
+    resend) and any other model gets new ones."""
+    card = denoiser.card
+    digest = card.get("sha256") or _file_sha256(denoiser.path)
+    dose = card.get("dose_percent")
+    for_dose = f"{dose:g} % dose" if isinstance(dose, int | float) else "unknown dose"
+    return Derivation(
+        identity=f"denoise:{digest}",
+        series_description=f"Denoised {for_dose} {denoiser.name} (manas-infer)"[:64],
+        derivation_description=(
+            f"Low-dose CT denoising by the neural network {denoiser.name} trained for "
+            f"{for_dose} (MANAS architecture search), manas-infer {__version__}, model sha256 "
+            f"{digest[:16]}. AI-processed: not for primary diagnosis"
+        )[:1024],
+        series_number_offset=1000,
+        equipment_model=f"manas-infer {denoiser.name}"[:64],
+        contribution="AI denoising (not for primary diagnosis)",
+    )
+
+
+def _file_sha256(path: Path) -> str:
+    from manas_infer.export.card import sha256
+
+    return sha256(path)
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """A written derived series, with the input and output volumes for previews and checks."""
+
+    written: WrittenSeries
+    source: np.ndarray
+    output: np.ndarray
+
+
+def denoise_series(
+    series: CTSeries,
+    denoiser: Denoiser,
+    out_dir: Path,
+    overwrite: bool = False,
+    on_slice: Callable[[int], None] | None = None,
+) -> Denoised:
+    """Denoise every slice of ``series`` and write the derived series atomically to ``out_dir``.
+
+    Raises InputProblem (naming the file) for slices that cannot be decoded or an output
+    folder that exists, before anything is written.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise InputProblem(out_dir, "output folder exists (use --overwrite to replace it)")
+    source = np.empty((series.n_slices, *series.shape), dtype=np.float32)
+    output = np.empty_like(source)
+    for start, hu in series.iter_hu(batch=denoiser.batch):
+        source[start : start + len(hu)] = hu
+        output[start : start + len(hu)] = denoiser(hu)
+        if on_slice is not None:
+            on_slice(len(hu))
+    written = write_derived_series(series, output, denoise_derivation(denoiser), out_dir, overwrite)
+    return Denoised(written, source, output)

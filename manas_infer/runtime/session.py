@@ -1,0 +1,132 @@
+"""``Denoiser``: a loaded model on its provider, HU slices in, HU slices out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from manas_infer.config import cache_root
+from manas_infer.runtime.models import ModelChoice, ModelError, read_card, resolve_model
+from manas_infer.runtime.providers import Opened, open_session
+
+log = logging.getLogger("manas_infer.runtime")
+PRECISIONS = ("auto", "float32", "float16")
+
+
+def half_variant(path: Path) -> Path:
+    """``NAME.onnx`` -> ``NAME.fp16.onnx`` (itself when it already is the variant)."""
+    if path.name.endswith(".fp16.onnx"):
+        return path
+    return path.with_name(path.name.removesuffix(".onnx") + ".fp16.onnx")
+
+
+class Denoiser:
+    """One model, one onnxruntime session, used for every slice a process denoises.
+
+    ``model`` is a name in models/, a path, or a ``ModelChoice``; ``device`` is auto, cpu,
+    cuda or tensorrt. Construction loads the file, picks the provider (one log line saying
+    which and why), and warms up, so the first real slice is not the slow one.
+    ``precision`` auto runs the model's float16 variant (``NAME.fp16.onnx``, verified at
+    export) when it lands on a GPU and one exists, float32 otherwise; float16 or float32
+    force the choice.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | ModelChoice | None = None,
+        device: str = "auto",
+        batch: int = 4,
+        threads: int | None = None,
+        warm_up: tuple[int, int] | None = (512, 512),
+        precision: str = "auto",
+    ) -> None:
+        if batch < 1:
+            raise ValueError(f"--batch must be at least 1, got {batch}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+        choice = (
+            model
+            if isinstance(model, ModelChoice)
+            else resolve_model(None if model is None else str(model))
+        )
+        half = half_variant(choice.path)
+        if precision == "float16":
+            if not half.is_file():
+                raise ModelError(f"{half}: no float16 variant of {choice.name}")
+            choice = ModelChoice(half, half.name.removesuffix(".onnx"), choice.why)
+        self.choice, self.path, self.name = choice, choice.path, choice.name
+        self.batch = batch
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: no such model file")
+        self.card = read_card(self.path)
+        opened = self._open(device, threads)
+        if precision == "auto" and opened.on_gpu and half.is_file() and half != self.path:
+            # On a GPU the float16 variant (verified at export) halves memory traffic.
+            self.choice = choice = ModelChoice(half, half.name.removesuffix(".onnx"), choice.why)
+            self.path, self.name = half, choice.name
+            self.card = read_card(half)
+            opened = self._open(device, threads)
+        self.session, self.provider, self.why = opened.session, opened.provider, opened.why
+        self.on_gpu = opened.on_gpu
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        log.info("model %s on %s (%s)", self.name, self.provider, self.why)
+        self.warm_up_seconds = 0.0
+        if warm_up is not None:
+            start = time.perf_counter()
+            self.run(np.full((1, *warm_up), -1000.0, dtype=np.float32))
+            self.warm_up_seconds = time.perf_counter() - start
+
+    def _open(self, device: str, threads: int | None) -> Opened:
+        try:
+            return open_session(self.path, device, threads, cache=cache_root() / "tensorrt")
+        except (ValueError, RuntimeError) as e:
+            if isinstance(e, ValueError) or "was asked for" in str(e):
+                raise
+            raise ModelError(f"{self.path}: onnxruntime cannot load it ({e})") from None
+        except Exception as e:  # corrupt protobuf, unsupported opset, ...
+            raise ModelError(f"{self.path}: onnxruntime cannot load it ({e})") from None
+
+    def run(self, hu: np.ndarray) -> np.ndarray:
+        """Denoise one batch [N, H, W] (or one [H, W] slice) of HU; returns the same shape."""
+        single = hu.ndim == 2
+        x = np.ascontiguousarray(hu[None] if single else hu, dtype=np.float32)[:, None]
+        if self.on_gpu:
+            y = self._run_bound(x)
+        else:
+            y = self.session.run([self.output_name], {self.input_name: x})[0]
+        return y[0, 0] if single else y[:, 0]
+
+    def _run_bound(self, x: np.ndarray) -> np.ndarray:
+        """GPU path with IO binding: one host->device copy in, one device->host copy out,
+        the output allocated on the device by onnxruntime rather than staged through the host."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_output(self.output_name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def __call__(self, hu: np.ndarray) -> np.ndarray:
+        """Denoise any number of slices [N, H, W], ``batch`` at a time."""
+        if hu.ndim == 2:
+            return self.run(hu)
+        return np.concatenate(
+            [self.run(hu[i : i + self.batch]) for i in range(0, len(hu), self.batch)]
+        )
+
+    def stream(self, slices: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Denoise slices as they come (a series read lazily), ``batch`` at a time, in order."""
+        pending: list[np.ndarray] = []
+        for s in slices:
+            pending.append(s)
+            if len(pending) == self.batch:
+                yield from self.run(np.stack(pending))
+                pending = []
+        if pending:
+            yield from self.run(np.stack(pending))

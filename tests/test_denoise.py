@@ -1,0 +1,217 @@
+"""`manas-infer denoise`: real CT series through the shipped default model into derived
+series that dciodvfy accepts, with SPEC section 4 attributes, and every bad input named."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import CHEST, J2K, copy_slices, dciodvfy_errors, need
+from pydicom.data import get_testdata_file
+from typer.testing import CliRunner
+
+from manas_infer import __version__
+from manas_infer.cli import app
+from manas_infer.data.series import scan
+from manas_infer.runtime import DEFAULT_MODEL, resolve_model
+
+runner = CliRunner()
+
+
+def _run(*args: object):
+    return runner.invoke(app, ["denoise", *map(str, args), "--device", "cpu"])
+
+
+def _flat(text: str) -> str:
+    """One line, without the frame typer draws around errors."""
+    return " ".join(text.replace("│", " ").split())
+
+
+@pytest.fixture(scope="module")
+def chest_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Six real chest slices denoised once with the shipped default model."""
+    base = tmp_path_factory.mktemp("denoise")
+    copy_slices(need(CHEST), base / "chest", 6, start=29)
+    result = runner.invoke(
+        app, ["denoise", str(base / "chest"), "--json", "--preview", str(base / "p.png"),
+              "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return {"base": base, "summary": json.loads(result.stdout)}
+
+
+def test_default_output_is_a_named_sibling_with_a_summary(chest_result: dict) -> None:
+    base, summary = chest_result["base"], chest_result["summary"]
+    assert summary["model"] == DEFAULT_MODEL and summary["model_choice"] == "default model"
+    assert summary["provider"] == "CPUExecutionProvider" and summary["problems"] == []
+    (series,) = summary["series"]
+    assert series["output"] == str(base / f"chest-denoised-{DEFAULT_MODEL}")
+    assert series["slices"] == 6 and series["slices_per_s"] > 0
+    assert len(list((base / f"chest-denoised-{DEFAULT_MODEL}").glob("*.dcm"))) == 6
+    png = Path(series["preview"])
+    assert png.is_file() and png.stat().st_size > 20_000
+    assert not list(base.glob(".*partial*"))
+
+
+def test_output_passes_dciodvfy_and_carries_spec_section_4(chest_result: dict) -> None:
+    base = chest_result["base"]
+    source = scan(base / "chest").series[0]
+    out_files = sorted((base / f"chest-denoised-{DEFAULT_MODEL}").glob("*.dcm"))
+    card_sha = resolve_model().path.with_name(f"{DEFAULT_MODEL}.card.json")
+    sha = json.loads(card_sha.read_text())["sha256"]
+    for f, header in zip(out_files, source.slices, strict=True):
+        assert dciodvfy_errors(f) == [], f.name
+        ds, src = pydicom.dcmread(f), header.dataset
+        for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient",
+                        "ImageOrientationPatient", "PixelSpacing", "BitsStored",
+                        "PixelRepresentation", "RescaleSlope", "RescaleIntercept"):  # fmt: skip
+            assert ds[keyword].value == src[keyword].value, keyword
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
+        assert DEFAULT_MODEL in ds.SeriesDescription and "5 %" in ds.SeriesDescription
+        for part in (DEFAULT_MODEL, __version__, "5 % dose", sha[:16]):
+            assert part in ds.DerivationDescription, part
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == header.sop_instance_uid
+        assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.series_uid
+        assert ds.ContributingEquipmentSequence[0].ManufacturerModelName.startswith("manas-infer")
+        assert "Not for primary diagnosis" in ds.ImageComments
+
+
+def test_geometry_order_and_hu_stay_plausible(chest_result: dict) -> None:
+    base = chest_result["base"]
+    source = scan(base / "chest").series[0]
+    derived = scan(base / f"chest-denoised-{DEFAULT_MODEL}").series[0]
+    assert [s.location for s in derived.slices] == [s.location for s in source.slices]
+    before, after = source.read_hu(), derived.read_hu()
+    air = before < -990  # outside the body
+    assert abs(float(np.median(after[air])) - float(np.median(before[air]))) < 30
+    tissue = (before > 0) & (before < 100)
+    assert abs(float(np.median(after[tissue])) - float(np.median(before[tissue]))) < 20
+    assert 0 < float(np.abs(after - before).mean()) < 60  # it changed the image, moderately
+
+
+def test_uids_are_deterministic_and_overwrite_is_needed(chest_result: dict) -> None:
+    base = chest_result["base"]
+    out = base / f"chest-denoised-{DEFAULT_MODEL}"
+    first = [pydicom.dcmread(f).SOPInstanceUID for f in sorted(out.glob("*.dcm"))]
+    refused = _run(base / "chest")
+    assert refused.exit_code == 1
+    assert f"{out}: output folder exists (use --overwrite" in _flat(refused.output)
+    again = _run(base / "chest", "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert [pydicom.dcmread(f).SOPInstanceUID for f in sorted(out.glob("*.dcm"))] == first
+
+
+def test_jpeg2000_input_and_dose_choice(tmp_path: Path) -> None:
+    copy_slices(need(J2K), tmp_path / "j2k", 3, start=8)
+    result = _run(tmp_path / "j2k", "--dose", "10", "--out", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["model"] == "manas-10pct" and summary["model_choice"] == "--dose 10"
+    (series,) = scan(tmp_path / "out").series
+    assert series.n_slices == 3
+    assert dciodvfy_errors(sorted((tmp_path / "out").glob("*.dcm"))[0]) == []
+
+
+def test_bad_inputs_are_named_and_good_series_still_processed(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    copy_slices(need(CHEST), root / "good", 2, start=31)
+    mr = root / "mr" / "mr.dcm"
+    mr.parent.mkdir(parents=True)
+    mr.write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    (scout,) = copy_slices(CHEST, root / "scout", 1, start=3)
+    ds = pydicom.dcmread(scout)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(scout)
+    mixed_uid = pydicom.uid.generate_uid()
+    for f in copy_slices(CHEST, root / "mixed", 2, start=40):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = mixed_uid  # a series of its own, not part of the good one
+        ds.save_as(f)
+    small = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    small.SeriesInstanceUID = mixed_uid
+    small.save_as(root / "mixed" / "small.dcm")
+    broken = copy_slices(need(J2K), root / "broken", 2)
+    ds = pydicom.dcmread(broken[1])
+    frame = bytearray(ds.PixelData)
+    frame[200:4000] = bytes(3800)
+    ds.PixelData = bytes(frame)
+    ds.save_as(broken[1])
+    result = _run(root, "--out", tmp_path / "out")
+    text = _flat(result.output)
+    assert result.exit_code == 1
+    assert f"{mr}: not CT (modality MR" in text
+    assert "localizer" in text and "mixed matrix sizes" in text
+    assert "pixel data cannot be decoded" in text and broken[1].name in text
+    assert "Traceback" not in result.output
+    (written,) = [p for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]
+    assert scan(written).series[0].n_slices == 2  # the good chest series
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_folder_without_dicom_and_bad_options(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    result = _run(tmp_path / "empty")
+    assert result.exit_code == 1 and "empty: no DICOM files found" in _flat(result.output)
+    missing = _run(tmp_path / "empty", "--model", tmp_path / "none.onnx")
+    assert missing.exit_code == 2 and "none.onnx" in missing.output
+    assert "no such model file" in _flat(missing.output)
+    no_dose = _run(tmp_path / "empty", "--dose", "7")
+    assert no_dose.exit_code == 2 and "no model named" in _flat(no_dose.output)
+    assert "manas-7pct" in no_dose.output
+
+
+def test_no_space_left_is_one_clear_line(tmp_path: Path, monkeypatch) -> None:
+    copy_slices(need(CHEST), tmp_path / "in", 2, start=31)
+
+    def full(_fd: int) -> None:
+        raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(os, "fsync", full)
+    result = _run(tmp_path / "in", "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'out'}: cannot write the series (No space left on device)" in _flat(
+        result.output
+    )
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def _demo(tmp_path: Path, monkeypatch) -> tuple[float, float]:
+    """The README's main command on eight real chest slices (the wheel's series is the same
+    patient): simulate 5 %, denoise with the shipped default, write the preview."""
+    import manas_infer.demo as demo
+
+    copy_slices(need(CHEST), tmp_path / "chest", 8, start=28)
+    monkeypatch.setattr(demo, "fetch_chest_ct", lambda: tmp_path / "chest")
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    text = _flat(result.output)
+    found = re.findall(r"RMSE ([\d.]+) HU at 5 % dose -> ([\d.]+) HU denoised", text)
+    assert found, text
+    return float(found[0][0]), float(found[0][1])
+
+
+def test_demo_writes_both_series_and_the_preview(tmp_path: Path, monkeypatch) -> None:
+    low, denoised = _demo(tmp_path, monkeypatch)
+    assert 20 < low < 200 and 0 < denoised < 1000 and low != denoised
+    assert (tmp_path / "out" / "preview.png").stat().st_size > 50_000
+    assert scan(tmp_path / "out" / "chest-5pct").series[0].n_slices == 8
+    (series,) = scan(tmp_path / "out" / "chest-5pct-denoised").series
+    assert series.n_slices == 8
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect (issue 5 open): the shipped CPU-preset models, trained on an abdomen "
+    "and a liver-level series, do not transfer to the held-out chest; they suppress dense "
+    "bone and sharpen edges (bench/results/train-small-5pct.md, models/README.md)",
+)
+def test_demo_denoised_series_is_closer_to_normal_dose(tmp_path: Path, monkeypatch) -> None:
+    low, denoised = _demo(tmp_path, monkeypatch)
+    assert denoised < low, (low, denoised)
