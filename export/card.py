@@ -50,7 +50,8 @@ def build_card(run_dir: Path, name: str, precision: str, extra_citations: list[s
     config = json.loads((run_dir / "config.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     dataset = json.loads((run_dir / "dataset.json").read_text())
-    genotype = json.loads((run_dir / "genotype.json").read_text())
+    genotype_file = run_dir / "genotype.json"  # MANAS runs only; baselines have none
+    genotype = json.loads(genotype_file.read_text()) if genotype_file.is_file() else None
     manifest_file = Path(dataset["folder"]) / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
     citations = {
@@ -78,6 +79,8 @@ def build_card(run_dir: Path, name: str, precision: str, extra_citations: list[s
             "preset": config["preset"],
             "seed": config["seed"],
             "perceptual_weight": config["perceptual_weight"],
+            "augmentation": config.get("augment"),
+            "search_skipped": metrics.get("search_skipped", False),
             "simulated_dose": dataset["spec"]["dose"],
             "images": metrics["images"],
             "counts": dataset["counts"],

@@ -541,6 +541,12 @@ class PresetName(StrEnum):
     tiny = "tiny"
 
 
+class ArchName(StrEnum):
+    manas = "manas"
+    redcnn = "redcnn"
+    dncnn = "dncnn"
+
+
 @app.command()
 def train(
     dose: float = typer.Option(..., help="Dose in percent to train for: 10, 5, 2.5..."),
@@ -548,6 +554,11 @@ def train(
         None,
         help="Normal-dose CT root (one folder per patient). Default: $MANAS_DATA or "
         "data = 'DIR' in manas-infer.toml. Never a silent fallback to synthetic images.",
+    ),
+    arch: ArchName = typer.Option(
+        ArchName.manas,
+        help="manas: search, derive, retrain; redcnn or dncnn: the paper's baselines, "
+        "trained by the same code with the same data, loss and budget (no search).",
     ),
     preset: PresetName = typer.Option(
         PresetName.auto,
@@ -573,6 +584,16 @@ def train(
         False, help="Draw a new low-dose noise realisation for every batch, on the device."
     ),
     views: int = typer.Option(720, help="Projection angles for the dose simulation."),
+    augment: bool = typer.Option(
+        True,
+        help="Random orientation, contrast (x0.5-2 about air) and noise level (x0.4-1.4) of "
+        "each training pair, so the net transfers to other anatomy and patient sizes.",
+    ),
+    genotype: Path | None = typer.Option(
+        None,
+        help="Skip the search and retrain this architecture (a run's genotype.json), e.g. "
+        "on your own data.",
+    ),
     seed: int = typer.Option(0, help="Seed: the same seed and data give the same run."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on CUDA)."),
     runs: Path = typer.Option(Path("runs"), help="Folder that holds run directories."),
@@ -589,8 +610,9 @@ def train(
     it on held-out patients, all in one run directory. Multi-GPU: launch with
     `torchrun --nproc_per_node=N -m manas_infer train ...`."""
     from manas_infer.config import ConfigError, cache_root, resolve_data_root
+    from manas_infer.train.augment import Augmentation
     from manas_infer.train.distributed import init_distributed, shutdown
-    from manas_infer.train.presets import PRESETS
+    from manas_infer.train.presets import PRESETS, check_depth_fits
     from manas_infer.train.run import RunConfig, Trainer, create_run, load_run_config
 
     torch_device = _device(device)
@@ -613,6 +635,16 @@ def train(
                 max_slices_per_patient=max_slices,
             )
             chosen.check()
+            given = None
+            if genotype is not None and arch != ArchName.manas:
+                raise ValueError(
+                    f"--genotype is a MANAS architecture; --arch {arch.value} has none"
+                )
+            if genotype is not None:
+                from manas_infer.train.genotype import Genotype
+
+                given = Genotype.load(genotype)
+                check_depth_fits(given.D, chosen.size, str(genotype))
             config = RunConfig(
                 preset=chosen,
                 dose=dose,
@@ -624,6 +656,9 @@ def train(
                 vgg_weights=str(vgg_weights) if vgg_weights else None,
                 fresh_noise=fresh_noise,
                 n_views=views,
+                augment=Augmentation().to_dict() if augment else None,
+                genotype=given.to_json() if given is not None else None,
+                arch=arch.value,
             )
             _dose_settings(dose, views, "insertion")
             if perceptual_weight > 0:
@@ -728,6 +763,119 @@ def export(
             f"{p.checked_on} (tolerance {p.tolerance_hu} HU)",
             soft_wrap=True,
         )
+
+
+@app.command()
+def evaluate(
+    methods: list[str] = typer.Argument(
+        ...,
+        help="Run directories (MANAS, RED-CNN, DnCNN) and/or models (a name in models/ or "
+        "a .onnx path) to compare.",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="Full-dose CT series to test on (low dose simulated at --dose, or the real "
+        "low-dose series given with --low). Default: the first run's held-out test split.",
+    ),
+    dose: float | None = typer.Option(None, help="Dose in percent to simulate on --data."),
+    low: Path | None = typer.Option(
+        None,
+        help="A real low-dose series paired with the full-dose series in --data, slices "
+        "matched by position (e.g. quarter-dose / full-dose acquisitions).",
+    ),
+    bm3d: bool = typer.Option(True, help="Add the BM3D row (the bm3d package)."),
+    bm3d_sigma: float | None = typer.Option(
+        None, help="BM3D noise SD in HU. Default: estimated on each low-dose slice."
+    ),
+    max_slices: int | None = typer.Option(
+        None, min=1, help="Slices per series (evenly spaced), at most."
+    ),
+    figures: int = typer.Option(3, min=0, help="Slices shown side by side in the report."),
+    vgg_weights: Path | None = typer.Option(
+        None, help="VGG-16 weights for the perceptual metric; default: the torch hub cache."
+    ),
+    seed: int = typer.Option(0, help="Seed of the simulated noise."),
+    views: int = typer.Option(720, help="Projection angles for the dose simulation."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda: where the networks run."),
+    out: Path | None = typer.Option(
+        None, help="Report folder. Default: reports/evaluate-YYYYmmdd-HHMMSS."
+    ),
+) -> None:
+    """Compare denoisers as the paper's Tables 2-3 and Fig. 3 do: PSNR, SSIM (full range
+    and soft-tissue window) and the perceptual metric, mean +- SD, for the low-dose input,
+    BM3D and every run or model given, with parameters, FLOPs, time per slice and
+    side-by-side pictures, in a report folder (report.md, metrics.json, PNGs)."""
+    import time as _time
+
+    import manas_infer.evaluate as evaluation
+    from manas_infer.runtime import ModelError
+
+    if low is not None and data is None:
+        raise typer.BadParameter("--low needs the full-dose series in --data", param_hint="--low")
+    if data is not None and low is None and dose is None:
+        raise typer.BadParameter(
+            "give --dose to simulate, or --low for real pairs", param_hint="--dose"
+        )
+    if dose is not None and not 0 < dose <= 100:
+        raise typer.BadParameter(
+            f"dose must be in (0, 100] percent, got {dose:g}", param_hint="--dose"
+        )
+    runs = [m for m in methods if evaluation.is_run_dir(m)]
+    if data is None and not runs:
+        raise typer.BadParameter("no --data and no run directory to take a test split from",
+                                 param_hint="--data")  # fmt: skip
+    torch_device = _device(device)
+    try:
+        rows = [evaluation.method_for(m, device) for m in methods]
+    except (ModelError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]cannot evaluate:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if bm3d:
+        rows.append(evaluation.bm3d_method(bm3d_sigma))
+    try:
+        with progress() as bar:
+            task = bar.add_task("Reading slices", total=None)
+            if data is None:
+                pairs = evaluation.run_test_pairs(Path(runs[0]), max_slices)
+            elif low is not None:
+                pairs = evaluation.matched_pairs(low, data, max_slices, lambda: bar.advance(task))
+            else:
+                pairs = evaluation.simulated_pairs(
+                    data, dose, seed, max_slices, views, torch_device.type,
+                    lambda: bar.advance(task),
+                )  # fmt: skip
+            bar.update(task, total=len(pairs), completed=len(pairs))
+            for problem in pairs.problems:
+                report_problem(problem)
+            steps = bar.add_task("Evaluating", total=len(pairs) * (len(rows) + 1))
+            folder = out or Path("reports") / _time.strftime("evaluate-%Y%m%d-%H%M%S")
+            metrics = evaluation.evaluate(
+                pairs, rows, folder, figures, vgg_weights,
+                settings={"dose_percent": dose, "seed": seed, "views": views,
+                          "device": torch_device.type, "bm3d_sigma": bm3d_sigma},
+                on_step=lambda name: bar.update(steps, advance=1, description=f"Evaluating {name}"),
+            )  # fmt: skip
+    except InputProblem as problem:
+        report_problem(problem, "refused")
+        raise typer.Exit(1) from None
+    from rich.table import Table
+
+    table = Table(title=f"{metrics['slices']} slices: {metrics['source']}")
+    for column in ("method", "PSNR dB", "SSIM", "PSNR window", "SSIM window", "params", "s/slice"):
+        table.add_column(column)
+    for m in metrics["methods"]:
+        ms = m["mean_sd"]
+        table.add_row(
+            m["name"], f"{ms['psnr'][0]:.2f}", f"{ms['ssim'][0]:.4f}",
+            f"{ms['psnr_window'][0]:.2f}", f"{ms['ssim_window'][0]:.4f}",
+            "" if m["parameters"] is None else f"{m['parameters']:,}",
+            f"{m['seconds_per_slice'][0]:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"[green]report[/green] {folder / 'report.md'} ({metrics['perceptual']})",
+                  soft_wrap=True)  # fmt: skip
+    if pairs.problems:
+        raise typer.Exit(1)
 
 
 @app.command()

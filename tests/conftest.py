@@ -54,3 +54,33 @@ def chest_slice() -> tuple[np.ndarray, float]:
 @pytest.fixture(autouse=True)
 def _quiet_progress(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MANAS_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two real patients: pancreas for training, chest for testing (links, not copies)."""
+    root = tmp_path_factory.mktemp("data")
+    for source in (need(PANCREAS), need(CHEST)):
+        (root / source.name).symlink_to(source, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny MANAS run on real patches (pancreas trains, the chest is held out),
+    shared by the export and evaluate tests."""
+    import torch
+
+    from manas_infer.train.distributed import DistContext
+    from manas_infer.train.presets import PRESETS
+    from manas_infer.train.run import RunConfig, Trainer, create_run
+
+    base = tmp_path_factory.mktemp("trained")
+    preset = PRESETS["tiny"].with_overrides(retrain_epochs=2, max_slices_per_patient=4)
+    config = RunConfig(
+        preset=preset, dose=5.0, data_root=str(data_root), cache_root=str(base / "cache"),
+        test_patients=("lung-pet-ct-dx-a0001",), seed=1, perceptual_weight=0.0, n_views=90,
+    )  # fmt: skip
+    folder = create_run(base / "runs", config)
+    Trainer(folder, config, DistContext(torch.device("cpu"))).run()
+    return folder

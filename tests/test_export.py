@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import CHEST, PANCREAS, need
 from typer.testing import CliRunner
 
 from manas_infer.cli import app
@@ -27,29 +26,9 @@ from manas_infer.runtime import (
     models_dir,
     resolve_model,
 )
-from manas_infer.train.distributed import DistContext
-from manas_infer.train.presets import PRESETS
-from manas_infer.train.run import RunConfig, Trainer, create_run, load_trained
+from manas_infer.train.run import load_trained
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished tiny run on real patches: pancreas for training, chest held out."""
-    base = tmp_path_factory.mktemp("export")
-    root = base / "data"
-    root.mkdir()
-    for source in (need(PANCREAS), need(CHEST)):
-        (root / source.name).symlink_to(source, target_is_directory=True)
-    preset = PRESETS["tiny"].with_overrides(retrain_epochs=2, max_slices_per_patient=4)
-    config = RunConfig(
-        preset=preset, dose=5.0, data_root=str(root), cache_root=str(base / "cache"),
-        test_patients=("lung-pet-ct-dx-a0001",), seed=1, perceptual_weight=0.0, n_views=90,
-    )  # fmt: skip
-    folder = create_run(base / "runs", config)
-    Trainer(folder, config, DistContext(torch.device("cpu"))).run()
-    return folder
 
 
 @pytest.fixture(scope="module")

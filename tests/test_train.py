@@ -8,15 +8,16 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CHEST, PANCREAS, need
 from typer.testing import CliRunner
 
 from manas_infer.cli import app
 from manas_infer.train import run as run_module
+from manas_infer.train.augment import Augmentation
 from manas_infer.train.derive import MAX_SKIP_CONNECTIONS
 from manas_infer.train.distributed import DistContext
 from manas_infer.train.genotype import Genotype
@@ -24,15 +25,6 @@ from manas_infer.train.presets import PRESETS
 from manas_infer.train.run import RunConfig, Trainer, capped_cells, create_run
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two real patients: pancreas for training, chest for testing (links, not copies)."""
-    root = tmp_path_factory.mktemp("data")
-    for source in (need(PANCREAS), need(CHEST)):
-        (root / source.name).symlink_to(source, target_is_directory=True)
-    return root
 
 
 def _config(data_root: Path, cache: Path, **preset_changes) -> RunConfig:
@@ -75,7 +67,8 @@ def test_tiny_run_beats_the_low_dose_input(data_root: Path, tmp_path: Path) -> N
 def test_resume_after_a_kill_gives_the_same_weights(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = _config(data_root, tmp_path / "cache")
+    # With augmentation: its random draws must resume exactly too.
+    config = replace(_config(data_root, tmp_path / "cache"), augment=Augmentation().to_dict())
     straight = create_run(tmp_path / "a", config)
     Trainer(straight, config, DistContext(torch.device("cpu"))).run()
 

@@ -7,6 +7,18 @@ from dataclasses import asdict, dataclass, replace
 from manas_infer.train.supernet import check_grid
 
 
+def check_depth_fits(D: int, size: int, who: str) -> None:
+    """A grid of depth D halves the image D-1 times and its deepest level must keep 8x8
+    pixels: refuse, naming ``who``, an image size that does not allow that."""
+    multiple = 2 ** (D - 1)
+    if size % multiple or size // multiple < 8:
+        raise ValueError(
+            f"{who}: depth D={D} needs images that are a multiple of {multiple} and at least "
+            f"{8 * multiple} pixels (the deepest level must keep 8x8 pixels); --size {size} "
+            "does not fit"
+        )
+
+
 @dataclass(frozen=True)
 class Preset:
     """Everything about a run's size and schedule (the data and dose come separately)."""
@@ -33,13 +45,7 @@ class Preset:
     def check(self) -> None:
         """Refuse, before any work, a preset that cannot run at its image size."""
         check_grid(self.L, self.D)
-        multiple = 2 ** (self.D - 1)
-        if self.size % multiple or self.size // multiple < 8:
-            raise ValueError(
-                f"preset {self.name!r}: depth D={self.D} needs images that are a multiple of "
-                f"{multiple} and at least {8 * multiple} pixels (the deepest level must keep "
-                f"8x8 pixels); --size {self.size} does not fit"
-            )
+        check_depth_fits(self.D, self.size, f"preset {self.name!r}")
         if self.warmup_epochs >= self.search_epochs:
             raise ValueError(
                 f"preset {self.name!r}: {self.warmup_epochs} warm-up epochs leave no "

@@ -1,11 +1,11 @@
 """Model size and cost, as the model card and the paper's Table 3 report them.
 
-FLOPs convention: 2 x multiply-accumulates of every Conv2d (one multiply plus one add per
-MAC), bias, activations, upsampling and the residual/sum additions not counted, for one
-image of H x W. Counted with forward hooks during a forward on the ``meta`` device, so no
-real compute or memory is spent even for the super-net at 512 x 512. Note that many papers,
-apparently the MANAS paper's Table 3 among them, report MACs and call them FLOPs: halve this
-number to compare with such tables.
+FLOPs convention: 2 x multiply-accumulates of every Conv2d and ConvTranspose2d (one multiply
+plus one add per MAC), bias, activations, upsampling and the residual/sum additions not
+counted, for one image of H x W. Counted with forward hooks during a forward on the ``meta``
+device, so no real compute or memory is spent even for the super-net at 512 x 512. Note that
+many papers, apparently the MANAS paper's Table 3 among them, report MACs and call them
+FLOPs: halve this number to compare with such tables.
 """
 
 from __future__ import annotations
@@ -31,9 +31,16 @@ def count_flops(model: nn.Module, H: int, W: int) -> int:
         kh, kw = m.kernel_size
         total += 2 * output.numel() * (m.in_channels // m.groups) * kh * kw
 
+    def transposed_hook(m: nn.ConvTranspose2d, inputs: tuple, _output: torch.Tensor) -> None:
+        nonlocal total  # every input element scatters into kh x kw x out_channels outputs
+        kh, kw = m.kernel_size
+        total += 2 * inputs[0].numel() * (m.out_channels // m.groups) * kh * kw
+
     for m in probe.modules():
         if isinstance(m, nn.Conv2d):
             m.register_forward_hook(hook)
+        elif isinstance(m, nn.ConvTranspose2d):
+            m.register_forward_hook(transposed_hook)
     with torch.no_grad():
         probe(torch.zeros(1, 1, H, W, device="meta"))
     return total

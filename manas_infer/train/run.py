@@ -43,6 +43,8 @@ from manas_infer.hu import normalize
 from manas_infer.metrics import mean_sd, quality
 from manas_infer.simulate.dose import DoseSettings
 from manas_infer.train.architect import Architect, search_step
+from manas_infer.train.augment import Augmentation, augment_pairs
+from manas_infer.train.baselines import build_baseline
 from manas_infer.train.derive import (
     MAX_SKIP_CONNECTIONS,
     count_skip_connections,
@@ -77,6 +79,8 @@ class RunConfig:
     fresh_noise: bool = False
     n_views: int = 720
     arch: str = "manas"
+    augment: dict | None = None  # Augmentation.to_dict(); None: none (runs made before it)
+    genotype: str | None = None  # a given architecture (JSON): skip the search, retrain it
 
     def to_dict(self) -> dict:
         return {**asdict(self), "preset": self.preset.to_dict(), "software_version": __version__}
@@ -158,11 +162,19 @@ class Trainer:
         self.state_path = self.checkpoints / "state.pt"
         self.loss = DenoiseLoss(config.perceptual_weight, config.vgg_weights).to(self.device)
         self._load_data()
-        self.state = (
-            torch.load(self.state_path, map_location="cpu", weights_only=False)
-            if self.state_path.is_file()
-            else {"stage": "search", "epoch": 0, "history": {}, "genotype": None}
-        )
+        self.augment = Augmentation.from_dict(config.augment) if config.augment else None
+        self.augment_rng = torch.Generator().manual_seed(config.seed + 29 + ctx.rank)
+        if self.state_path.is_file():
+            self.state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        elif config.arch != "manas":  # a hand-designed baseline: nothing to search
+            self.state = {"stage": "retrain", "epoch": 0, "history": {}, "genotype": None}
+        elif config.genotype is not None:  # an architecture was given: no search
+            self.state = {"stage": "retrain", "epoch": 0, "history": {},
+                          "genotype": config.genotype, "search_skipped": True}  # fmt: skip
+            if ctx.is_main:
+                self._write_genotype()
+        else:
+            self.state = {"stage": "search", "epoch": 0, "history": {}, "genotype": None}
 
     # ---------------------------------------------------------------- data
 
@@ -223,6 +235,8 @@ class Trainer:
             ld = self.fresh(native[idx], spacing[idx], where)
         else:
             ld = low[idx][:, None]
+        if split == "train" and fresh and self.augment is not None:
+            ld, nd = augment_pairs(ld, nd, self.augment, self.augment_rng)
         return normalize(ld), normalize(nd)
 
     # ---------------------------------------------------------------- state
@@ -233,6 +247,7 @@ class Trainer:
     def _save_state(self, **modules: object) -> None:
         if self.fresh is not None:
             self.state["noise_rng"] = self.fresh.generator.get_state()
+        self.state["augment_rng"] = self.augment_rng.get_state()
         if self.ctx.is_main:
             self.state.update(modules)
             _save_atomically(self.state, self.state_path)
@@ -241,6 +256,16 @@ class Trainer:
     def _restore_noise(self) -> None:
         if self.fresh is not None and "noise_rng" in self.state:
             self.fresh.generator.set_state(self.state["noise_rng"])
+        if "augment_rng" in self.state:
+            self.augment_rng.set_state(self.state["augment_rng"])
+
+    def _write_genotype(self) -> None:
+        """genotype.json and its picture, once the architecture is fixed."""
+        genotype = Genotype.from_json(self.state["genotype"])
+        genotype.save(self.folder / "genotype.json")
+        from manas_infer.train.plot import plot_genotype
+
+        plot_genotype(genotype, self.folder / "genotype.png")
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.ctx.active:
@@ -340,17 +365,12 @@ class Trainer:
                     search_schedule=schedule.state_dict(),
                 )
         if self.ctx.is_main:
-            genotype = Genotype.from_json(self.state["genotype"])
-            genotype.save(self.folder / "genotype.json")
-            from manas_infer.train.plot import plot_genotype
-
-            plot_genotype(genotype, self.folder / "genotype.png")
+            self._write_genotype()
 
     def _retrain(self) -> None:
         p, c, started = self.preset, self.config, time.perf_counter()
-        genotype = Genotype.from_json(self.state["genotype"])
         torch.manual_seed(c.seed + 1)
-        model = DerivedNetwork(genotype).to(self.device)
+        model = build_network(c.arch, self.state["genotype"]).to(self.device)
         forward = self._wrap(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -388,7 +408,7 @@ class Trainer:
                     f"Retrain {epoch + 1}/{p.retrain_epochs} loss {losses[-1]:.2e} "
                     f"val PSNR {val_psnr:.2f} dB"
                 ))  # fmt: skip
-                weights = {"genotype": genotype.to_json(), "state_dict": model.state_dict(),
+                weights = {"genotype": self.state["genotype"], "state_dict": model.state_dict(),
                            "arch": c.arch, "dose": c.dose, "preset": p.name,
                            "epoch": epoch + 1, "val_psnr": val_psnr}  # fmt: skip
                 if self.ctx.is_main:
@@ -465,6 +485,8 @@ class Trainer:
                     "retrain": round(self.state.get("seconds_retrain", 0.0), 1),
                 },
                 "search_stopped_early": self.state.get("search_stopped_early"),
+                "search_skipped": self.state.get("search_skipped", False),
+                "augmentation": self.config.augment,
                 "perceptual_weight": self.config.perceptual_weight,
                 "device": self.device.type,
             }
@@ -499,7 +521,15 @@ def load_run_config(folder: Path) -> RunConfig:
     return RunConfig.from_dict(json.loads(path.read_text()))
 
 
-def load_trained(folder: Path) -> tuple[DerivedNetwork, dict]:
+def build_network(arch: str, genotype: str | None) -> torch.nn.Module:
+    """A freshly initialised net to retrain: the derived MANAS net of a genotype (JSON), or
+    a baseline (``--arch redcnn|dncnn``), which has none."""
+    if arch == "manas":
+        return DerivedNetwork(Genotype.from_json(genotype))
+    return build_baseline(arch)
+
+
+def load_trained(folder: Path) -> tuple[torch.nn.Module, dict]:
     """The retrained network of a run (best validation epoch) in eval mode, and its checkpoint.
 
     The one way export, evaluation and tests rebuild a trained net from a run directory.
@@ -508,7 +538,7 @@ def load_trained(folder: Path) -> tuple[DerivedNetwork, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no retrained network yet ({path} is missing)")
     best = torch.load(path, map_location="cpu", weights_only=False)
-    model = DerivedNetwork(Genotype.from_json(best["genotype"]))
+    model = build_network(best.get("arch", "manas"), best["genotype"])
     model.load_state_dict(best["state_dict"])
     return model.eval(), best
 

@@ -1,0 +1,149 @@
+"""What an evaluation compares against: (low-dose, full-dose) slice pairs in HU.
+
+Three sources, so a site can judge a model on its own data:
+- ``simulated_pairs``: full-dose series under a folder, low dose simulated by the project's
+  own simulator (seeded per slice, so every method sees the same noise);
+- ``matched_pairs``: a real low-dose series and its full-dose series (for example a
+  quarter-dose / full-dose acquisition), slices matched by position along the slice normal;
+- ``run_test_pairs``: the held-out test split a training run was scored on (the cached
+  patches), so ``evaluate`` reproduces the run's own numbers and adds the baselines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from manas_infer.data.series import CTSeries, scan
+from manas_infer.errors import InputProblem
+from manas_infer.simulate.dose import DoseSettings, LowDoseSimulator
+
+
+@dataclass
+class Pairs:
+    """N slice pairs; every method is scored on exactly these."""
+
+    low: list[np.ndarray]  # [H, W] float32 HU each (sizes may differ between series)
+    full: list[np.ndarray]
+    labels: list[str]  # "series folder, slice k" for tables and figures
+    source: str  # one line: where the pairs come from, for the report
+    problems: list[InputProblem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.full)
+
+    def add(self, low: np.ndarray, full: np.ndarray, label: str) -> None:
+        self.low.append(low)
+        self.full.append(full)
+        self.labels.append(label)
+
+
+def _evenly(n: int, limit: int | None) -> list[int]:
+    """At most ``limit`` indices of ``range(n)``, evenly spread and including both ends."""
+    if limit is None or n <= limit:
+        return list(range(n))
+    if limit == 1:
+        return [n // 2]
+    return sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
+
+
+def simulated_pairs(
+    root: Path,
+    dose: float,
+    seed: int = 0,
+    max_slices: int | None = None,
+    n_views: int = 720,
+    device: str = "cpu",
+    on_slice: Callable[[], None] | None = None,
+) -> Pairs:
+    """Every CT series under ``root`` at full dose, and the same slices at ``dose`` percent."""
+    report = scan(root)
+    simulator = LowDoseSimulator(DoseSettings(dose_percent=dose, n_views=n_views), device=device)
+    pairs = Pairs([], [], [], f"{root}: simulated {dose:g} % dose, seed {seed}", report.problems)
+    for s_index, series in enumerate(report.series):
+        for i in _evenly(series.n_slices, max_slices):
+            try:
+                full = series.read_slice_hu(i)
+            except InputProblem as problem:
+                pairs.problems.append(problem)
+                continue
+            low = simulator.simulate_numpy(
+                full, series.pixel_spacing[0], seed=seed * 1_000_003 + s_index * 10_007 + i
+            )
+            pairs.add(low, full, f"{series.folder.name}, slice {i + 1}")
+            if on_slice is not None:
+                on_slice()
+    if not pairs.full:
+        raise InputProblem(root, "no usable CT slices to evaluate on")
+    return pairs
+
+
+def _one_series(root: Path, role: str) -> CTSeries:
+    report = scan(root)
+    if len(report.series) != 1:
+        found = "no CT series" if not report.series else f"{len(report.series)} CT series"
+        detail = f" ({report.problems[0].problem})" if report.problems else ""
+        raise InputProblem(
+            root, f"the {role} folder must hold one CT series, found {found}{detail}"
+        )
+    return report.series[0]
+
+
+def matched_pairs(
+    low_dir: Path,
+    full_dir: Path,
+    max_slices: int | None = None,
+    on_slice: Callable[[], None] | None = None,
+) -> Pairs:
+    """A real low-dose series and its full-dose series, slices matched by position.
+
+    A low-dose slice pairs with the full-dose slice nearest along the slice normal when that
+    is within a quarter of the full-dose slice spacing (1 mm for a single slice); the others
+    are listed as problems, not guessed. Both series must share the matrix size.
+    """
+    low, full = _one_series(low_dir, "low-dose"), _one_series(full_dir, "full-dose")
+    if low.shape != full.shape:
+        raise InputProblem(low_dir, f"matrix {low.shape} differs from the full-dose {full.shape}")
+    tolerance = (full.slice_spacing or 4.0) / 4
+    full_at = np.array([s.location for s in full.slices])
+    pairs = Pairs([], [], [], f"{low_dir} (low dose) matched to {full_dir} (full dose)")
+    for i in _evenly(low.n_slices, max_slices):
+        where = low.slices[i].location
+        j = int(np.argmin(np.abs(full_at - where)))
+        if abs(full_at[j] - where) > tolerance:
+            pairs.problems.append(InputProblem(
+                low.slices[i].path,
+                f"no full-dose slice within {tolerance:.2f} mm of {where:.2f} mm: left out",
+            ))  # fmt: skip
+            continue
+        label = f"{low.folder.name}, slice {i + 1} at {where:.1f} mm"
+        pairs.add(low.read_slice_hu(i), full.read_slice_hu(j), label)
+        if on_slice is not None:
+            on_slice()
+    if not pairs.full:
+        raise InputProblem(low_dir, "no slice matches a full-dose slice by position")
+    return pairs
+
+
+def run_test_pairs(run_dir: Path, max_slices: int | None = None) -> Pairs:
+    """The test split a training run was scored on (its cached low/normal images)."""
+    from manas_infer.data.dataset import PreparedDataset
+
+    info = run_dir / "dataset.json"
+    if not info.is_file():
+        raise InputProblem(run_dir, "not a training run directory (no dataset.json)")
+    folder = Path(json.loads(info.read_text())["folder"])
+    if not folder.is_dir():
+        raise InputProblem(folder, "the run's cached dataset is gone; give --data DIR instead")
+    low, full, _ = PreparedDataset.load(folder).arrays("test")
+    keep = _evenly(len(full), max_slices)
+    return Pairs(
+        [low[i] for i in keep],
+        [full[i] for i in keep],
+        [f"test image {i + 1}" for i in keep],
+        f"{run_dir.name}: its held-out test split ({folder})",
+    )

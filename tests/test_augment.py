@@ -1,0 +1,103 @@
+"""Training-pair augmentation: the transforms do what their docstring says, pairs stay
+aligned, and a run records and resumes them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from manas_infer.hu import HU_MAX, HU_MIN
+from manas_infer.train.augment import AIR_HU, Augmentation, augment_pairs
+
+
+def _pair(b: int = 64, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    normal = torch.full((b, 1, size, size), AIR_HU)
+    normal[:, :, 4:12, 4:12] = 40.0  # a soft-tissue square in air
+    normal[:, :, 6, 6] = 700.0  # one bright pixel: shows where orientation moved it
+    noise = 30.0 * torch.randn(normal.shape, generator=g)
+    return normal + noise, normal
+
+
+def test_contrast_scales_anatomy_about_air_and_keeps_the_noise_aligned() -> None:
+    low, normal = _pair()
+    aug = Augmentation(orientation=False, sharpen=(0.0, 0.0), contrast=(2.0, 2.0), noise=(1.0, 1.0))
+    low2, normal2 = augment_pairs(low, normal, aug, torch.Generator().manual_seed(1))
+    assert torch.allclose(normal2[:, :, 0, 0], torch.full((64, 1), AIR_HU))
+    assert torch.allclose(normal2[:, :, 8, 8], torch.full((64, 1), AIR_HU + 2 * 1040.0))
+    expected = (normal2 + (low - normal)).clamp(HU_MIN, HU_MAX)  # the same noise, clamped
+    assert torch.allclose(low2, expected, atol=1e-3)
+
+
+def test_noise_gain_scales_the_residual_like_a_lower_dose() -> None:
+    low, normal = _pair()
+    aug = Augmentation(orientation=False, sharpen=(0.0, 0.0), contrast=(1.0, 1.0), noise=(0.5, 0.5))
+    low2, normal2 = augment_pairs(low, normal, aug, torch.Generator().manual_seed(1))
+    inside = (slice(None), slice(None), slice(4, 12), slice(4, 12))
+    ratio = (low2 - normal2)[inside].std() / (low - normal)[inside].std()
+    assert ratio == pytest.approx(0.5, abs=1e-4)
+
+
+def test_draws_cover_their_ranges_per_pair() -> None:
+    low, normal = _pair(b=256)
+    aug = Augmentation(orientation=False, sharpen=(0.0, 0.0), contrast=(0.5, 2.0), noise=(1.0, 1.0))
+    _, normal2 = augment_pairs(low, normal, aug, torch.Generator().manual_seed(3))
+    scale = (normal2[:, 0, 8, 8] - AIR_HU) / 1040.0
+    assert scale.min() >= 0.5 - 1e-5 and scale.max() <= 2.0 + 1e-5
+    assert scale.min() < 0.6 and scale.max() > 1.7  # log-uniform reaches both ends
+    assert (scale < 1).float().mean().item() == pytest.approx(0.5, abs=0.1)
+
+
+def test_orientation_moves_both_images_the_same_way_and_covers_all_eight() -> None:
+    low, normal = _pair(b=256)
+    aug = Augmentation(orientation=True, sharpen=(0.0, 0.0), contrast=(1.0, 1.0), noise=(1.0, 1.0))
+    low2, normal2 = augment_pairs(low, normal, aug, torch.Generator().manual_seed(4))
+    where = {tuple((n[0] == 700.0).nonzero()[0].tolist()) for n in normal2}
+    assert len(where) == 4  # a pixel on the diagonal has 4 images under the 8 transforms...
+    # ...and the residual went with it: the noise at the bright pixel is unchanged.
+    for lo, no, lo2, no2 in zip(low[:8], normal[:8], low2[:8], normal2[:8], strict=True):
+        r, c = (no2[0] == 700.0).nonzero()[0].tolist()
+        assert lo2[0, r, c] == pytest.approx(lo[0, 6, 6].item())
+        assert sorted((lo2 - no2).flatten().tolist()) == pytest.approx(
+            sorted((lo.clamp(HU_MIN) - no).flatten().tolist()), abs=1e-3
+        )
+
+
+def test_output_is_clamped_to_the_networks_range() -> None:
+    low, normal = _pair()
+    normal[:, :, 8, 8] = 2500.0
+    aug = Augmentation(orientation=False, sharpen=(0.0, 0.0), contrast=(2.0, 2.0), noise=(1.0, 1.0))
+    low2, normal2 = augment_pairs(low, normal, aug, torch.Generator().manual_seed(1))
+    assert normal2.max() == HU_MAX and low2.min() >= HU_MIN
+
+
+def test_bad_ranges_are_refused_and_the_dict_round_trips() -> None:
+    with pytest.raises(ValueError, match="contrast range"):
+        Augmentation(contrast=(2.0, 0.5))
+    with pytest.raises(ValueError, match="noise range"):
+        Augmentation(noise=(0.0, 1.0))
+    aug = Augmentation(contrast=(0.7, 1.3))
+    assert Augmentation.from_dict(aug.to_dict()) == aug
+
+
+def test_sharpening_steepens_edges_and_keeps_flat_regions() -> None:
+    normal = torch.full((4, 1, 32, 32), AIR_HU)
+    normal[:, :, 8:24, 8:24] = 40.0
+    low = normal + 30.0 * torch.randn(normal.shape, generator=torch.Generator().manual_seed(0))
+    aug = Augmentation(orientation=False, sharpen=(1.0, 1.0), contrast=(1.0, 1.0), noise=(1.0, 1.0))
+    low2, normal2 = augment_pairs(low, normal, aug, torch.Generator().manual_seed(5))
+    assert torch.allclose(normal2[:, :, 16, 16], normal[:, :, 16, 16], atol=1.0)  # flat inside
+    assert (normal2[:, :, 8, 16] > normal[:, :, 8, 16] + 100).all()  # overshoot at the edge
+    inner = (slice(None), slice(None), slice(12, 20), slice(12, 20))
+    assert torch.allclose((low2 - normal2)[inner], (low - normal)[inner], atol=1e-3)  # same noise
+
+
+def test_gaussian_blur_matches_scipy() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from manas_infer.train.augment import gaussian_blur
+
+    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours = gaussian_blur(x, 1.0)[0, 0].numpy()
+    theirs = gaussian_filter(x[0, 0].numpy(), 1.0, mode="mirror", truncate=3.0)
+    assert abs(ours - theirs).max() < 1e-5
