@@ -121,7 +121,11 @@ def matched_pairs(
             ))  # fmt: skip
             continue
         label = f"{low.folder.name}, slice {i + 1} at {where:.1f} mm"
-        pairs.add(low.read_slice_hu(i), full.read_slice_hu(j), label)
+        try:
+            pairs.add(low.read_slice_hu(i), full.read_slice_hu(j), label)
+        except InputProblem as problem:  # one undecodable slice: say so, score the rest
+            pairs.problems.append(problem)
+            continue
         if on_slice is not None:
             on_slice()
     if not pairs.full:
