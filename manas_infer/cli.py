@@ -586,8 +586,9 @@ def train(
     views: int = typer.Option(720, help="Projection angles for the dose simulation."),
     augment: bool = typer.Option(
         True,
-        help="Random orientation, contrast (x0.5-2 about air) and noise level (x0.4-1.4) of "
-        "each training pair, so the net transfers to other anatomy and patient sizes.",
+        help="Random orientation, sharpness (unsharp mask 0-8), contrast (x0.5-2 about air) "
+        "and noise level (x0.4-1.4) of each training pair, so the net transfers to other "
+        "reconstructions, anatomy and patient sizes.",
     ),
     genotype: Path | None = typer.Option(
         None,
@@ -805,8 +806,6 @@ def evaluate(
     and soft-tissue window) and the perceptual metric, mean +- SD, for the low-dose input,
     BM3D and every run or model given, with parameters, FLOPs, time per slice and
     side-by-side pictures, in a report folder (report.md, metrics.json, PNGs)."""
-    import time as _time
-
     import manas_infer.evaluate as evaluation
     from manas_infer.runtime import ModelError
 
@@ -848,7 +847,7 @@ def evaluate(
             for problem in pairs.problems:
                 report_problem(problem)
             steps = bar.add_task("Evaluating", total=len(pairs) * (len(rows) + 1))
-            folder = out or Path("reports") / _time.strftime("evaluate-%Y%m%d-%H%M%S")
+            folder = out or Path("reports") / time.strftime("evaluate-%Y%m%d-%H%M%S")
             metrics = evaluation.evaluate(
                 pairs, rows, folder, figures, vgg_weights,
                 settings={"dose_percent": dose, "seed": seed, "views": views,

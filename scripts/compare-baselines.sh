@@ -7,24 +7,17 @@
 #
 #   scripts/compare-baselines.sh          # after scripts/train-shipped-models.sh
 #
-# Environment as in train-shipped-models.sh (RUNS, DATA, PRESET, BIN), SHARED_DATA, and
-# SLICES (whole slices to show, default 8). On 2 CPU cores: DnCNN ~10 min, RED-CNN ~15 min.
+# Environment: see scripts/shipped-runs.sh; SLICES (whole slices to show, default 8).
+# On 2 CPU cores: DnCNN ~10 min, RED-CNN ~15 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED_DATA=${SHARED_DATA:-../shared/data}
-RUNS=${RUNS:-runs/shipped}
-DATA=${DATA:-runs/shipped-data}
-PRESET=${PRESET:-small}
 SLICES=${SLICES:-8}
-BIN=${BIN:-.venv/bin/manas-infer}
-
-newest_run() { ls -d "$RUNS"/*-"$1"-5pct-"$PRESET"* | sort | tail -n 1; }
+source scripts/shipped-runs.sh
 
 for arch in dncnn redcnn; do
-    "$BIN" train --dose 5 --arch "$arch" --data "$DATA" --preset "$PRESET" \
-        --test-patient lung-pet-ct-dx-a0001 --perceptual-weight 0 --seed 0 --runs "$RUNS"
+    train 5 --arch "$arch"
 done
-runs=("$(newest_run manas)" "$(newest_run redcnn)" "$(newest_run dncnn)")
+runs=("$(newest_run manas 5)" "$(newest_run redcnn 5)" "$(newest_run dncnn 5)")
 "$BIN" evaluate "${runs[@]}" --figures 3 --device cpu --out bench/results/compare-5pct-test-split
 "$BIN" evaluate "${runs[@]}" --data "$SHARED_DATA/ct/lung-pet-ct-dx-a0001" --dose 5 \
     --max-slices "$SLICES" --figures 2 --seed 0 --device cpu \

@@ -331,7 +331,9 @@ def _cache_key(sources: list[Source], spec: DatasetSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _pick(n: int, limit: int | None) -> np.ndarray:
+def evenly_spaced(n: int, limit: int | None) -> np.ndarray:
+    """At most ``limit`` indices of ``range(n)``, evenly spread from the first to the last:
+    the slices a run (``--max-slices``) or an evaluation keeps of a series."""
     if limit is None or limit >= n:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
@@ -377,7 +379,7 @@ def prepare_dataset(
     for patient in train_patients + test_patients:
         role = "test" if patient in test_patients else "train"
         n_total = sum(s.n_slices for s in by_patient[patient])
-        keep = set(_pick(n_total, spec.split.max_slices_per_patient).tolist())
+        keep = set(evenly_spaced(n_total, spec.split.max_slices_per_patient).tolist())
         offset = 0
         for source in by_patient[patient]:
             chosen = np.array([i for i in range(source.n_slices) if i + offset in keep], int)

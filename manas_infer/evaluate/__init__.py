@@ -42,14 +42,12 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def method_for(item: str, device: str) -> Method:
-    """A run directory (its net runs in torch on ``device``: auto, cpu or cuda), or else a
-    model name in models/ or a .onnx path (the runtime; tensorrt works there too)."""
+    """A run directory (its net runs in torch), or else a model name in models/ or a .onnx
+    path (the runtime); ``device`` is auto, cpu or cuda for both."""
     if is_run_dir(item):
         from manas_infer.device import resolve_device
 
-        return run_method(
-            Path(item), resolve_device("cuda" if device == "tensorrt" else device).type
-        )
+        return run_method(Path(item), resolve_device(device).type)
     return model_method(item, device)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from manas_infer.data.dataset import PreparedDataset, evenly_spaced
 from manas_infer.data.series import CTSeries, scan
 from manas_infer.errors import InputProblem
 from manas_infer.simulate.dose import DoseSettings, LowDoseSimulator
@@ -42,15 +43,6 @@ class Pairs:
         self.labels.append(label)
 
 
-def _evenly(n: int, limit: int | None) -> list[int]:
-    """At most ``limit`` indices of ``range(n)``, evenly spread and including both ends."""
-    if limit is None or n <= limit:
-        return list(range(n))
-    if limit == 1:
-        return [n // 2]
-    return sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
-
-
 def simulated_pairs(
     root: Path,
     dose: float,
@@ -65,7 +57,7 @@ def simulated_pairs(
     simulator = LowDoseSimulator(DoseSettings(dose_percent=dose, n_views=n_views), device=device)
     pairs = Pairs([], [], [], f"{root}: simulated {dose:g} % dose, seed {seed}", report.problems)
     for s_index, series in enumerate(report.series):
-        for i in _evenly(series.n_slices, max_slices):
+        for i in evenly_spaced(series.n_slices, max_slices).tolist():
             try:
                 full = series.read_slice_hu(i)
             except InputProblem as problem:
@@ -111,7 +103,7 @@ def matched_pairs(
     tolerance = (full.slice_spacing or 4.0) / 4
     full_at = np.array([s.location for s in full.slices])
     pairs = Pairs([], [], [], f"{low_dir} (low dose) matched to {full_dir} (full dose)")
-    for i in _evenly(low.n_slices, max_slices):
+    for i in evenly_spaced(low.n_slices, max_slices).tolist():
         where = low.slices[i].location
         j = int(np.argmin(np.abs(full_at - where)))
         if abs(full_at[j] - where) > tolerance:
@@ -135,8 +127,6 @@ def matched_pairs(
 
 def run_test_pairs(run_dir: Path, max_slices: int | None = None) -> Pairs:
     """The test split a training run was scored on (its cached low/normal images)."""
-    from manas_infer.data.dataset import PreparedDataset
-
     info = run_dir / "dataset.json"
     if not info.is_file():
         raise InputProblem(run_dir, "not a training run directory (no dataset.json)")
@@ -144,7 +134,7 @@ def run_test_pairs(run_dir: Path, max_slices: int | None = None) -> Pairs:
     if not folder.is_dir():
         raise InputProblem(folder, "the run's cached dataset is gone; give --data DIR instead")
     low, full, _ = PreparedDataset.load(folder).arrays("test")
-    keep = _evenly(len(full), max_slices)
+    keep = evenly_spaced(len(full), max_slices).tolist()
     return Pairs(
         [low[i] for i in keep],
         [full[i] for i in keep],

@@ -31,7 +31,6 @@ from manas_infer.evaluate.pairs import Pairs
 from manas_infer.hu import SOFT_TISSUE_WINDOW, normalize, window_bounds
 from manas_infer.metrics import mean_sd, quality
 
-METRICS = ("psnr", "ssim", "psnr_window", "ssim_window")
 RANGES = {
     "psnr, ssim": "full range [-1024, 3072] HU (data range 4096 HU)",
     "psnr_window, ssim_window": "soft-tissue window [-160, 240] HU (level 40, width 400)",

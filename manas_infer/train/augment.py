@@ -67,7 +67,7 @@ class Augmentation:
     def from_dict(cls, data: dict) -> Augmentation:
         return cls(
             orientation=bool(data["orientation"]),
-            sharpen=tuple(data.get("sharpen", (0.0, 0.0))),  # type: ignore[arg-type]
+            sharpen=tuple(data["sharpen"]),  # type: ignore[arg-type]
             contrast=tuple(data["contrast"]),  # type: ignore[arg-type]
             noise=tuple(data["noise"]),  # type: ignore[arg-type]
         )
