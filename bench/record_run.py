@@ -50,7 +50,7 @@ P={preset["P"]}, {preset["search_epochs"]} search epochs ({preset["warmup_epochs
 only), {preset["retrain_epochs"]} retrain epochs, batch {preset["batch"]}, lr {preset["lr"]});
 {metrics["dose_percent"]:g} % dose; images: {metrics["images"]}; perceptual weight
 {metrics["perceptual_weight"]} (no VGG-16 weights on this machine); device {metrics["device"]}.
-Test split: {metrics["test_slices"]} images of the held-out patient.
+Test split: {metrics["test_slices"]} images of the held-out patient(s).
 
 | | PSNR full range (dB) | SSIM full range | PSNR [-160, 240] HU (dB) | SSIM [-160, 240] HU |
 |---|---|---|---|---|

@@ -134,8 +134,10 @@ def test_prepare_builds_then_reuses_a_small_dataset(
     first = _invoke(*args)
     assert first.exit_code == 0, first.output
     text = _flat(first.output)
-    # 2 test slices; 2 training patients x 2 = 4, arch = max(1, round(4 / 8)) = 1.
-    assert "built in" in text and "train 3, arch 1, test 2 slices at 64x64, 5 % dose" in text
+    # 2 test slices; 5 training patients x 2 = 10, less lung-pet-ct-dx-a0002's truncated
+    # last slice, named and skipped = 9; arch = max(1, round(9 / 8)) = 1.
+    assert "built in" in text and "train 8, arch 1, test 2 slices at 64x64, 5 % dose" in text
+    assert "skipped:" in text and "1-30.dcm: pixel data cannot be decoded" in text
     folders = list((cache / "datasets").iterdir())
     assert len(folders) == 1 and (folders[0] / "manifest.json").is_file()
     second = _invoke(*args)

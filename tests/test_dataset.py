@@ -5,8 +5,10 @@ Small on purpose: 64x64 slices, 90 projection views, at most 6 slices per patien
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +50,17 @@ def _spec(dose: float = 10.0, test: tuple[str, ...] = (CHEST_FOLDER,), **split) 
     )
 
 
+@functools.cache
+def three() -> Path:
+    """A data root of links to the three series these tests were written for (the chest,
+    the pancreas and the J2K series), so that series added to ../shared/data/ct later do
+    not change their counts."""
+    root = Path(tempfile.mkdtemp(prefix="three-series-"))
+    for folder in (CHEST, PANCREAS, J2K):
+        (root / folder.name).symlink_to(need(folder))
+    return root
+
+
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -83,7 +96,7 @@ def built(cache: Path) -> dict[float, PreparedDataset]:
         need(folder)
     out = {}
     for dose in DOSES:
-        prepared, problems = prepare_dataset(CT, _spec(dose), cache)
+        prepared, problems = prepare_dataset(three(), _spec(dose), cache)
         assert problems == [], problems
         assert prepared.reused is False
         out[dose] = prepared
@@ -134,7 +147,7 @@ def test_test_split_is_the_chest_patient(built: dict[float, PreparedDataset]) ->
         assert not j2k.get("PatientID") and not j2k.get("StudyInstanceUID")
         assert prepared.manifest["patients"]["test"] == [_hash(CHEST_PATIENT_ID)]
         assert sorted(prepared.manifest["patients"]["train"]) == sorted(
-            [_hash(str(pancreas.PatientID)), _hash(str(J2K))]
+            [_hash(str(pancreas.PatientID)), _hash(str(three() / J2K.name))]
         )
         assert {r["patient"] for r in test} == {_hash(CHEST_PATIENT_ID)}
 
@@ -142,7 +155,7 @@ def test_test_split_is_the_chest_patient(built: dict[float, PreparedDataset]) ->
 def test_manifest_records_settings_split_and_sources(
     built: dict[float, PreparedDataset],
 ) -> None:
-    sources, _ = find_sources(CT)
+    sources, _ = find_sources(three())
     for dose, prepared in built.items():
         manifest = prepared.manifest
         on_disk = json.loads((prepared.folder / "manifest.json").read_text())
@@ -156,7 +169,7 @@ def test_manifest_records_settings_split_and_sources(
         assert spec["split"]["test_patients"] == [CHEST_FOLDER]
         assert spec["split"]["max_slices_per_patient"] == MAX_SLICES
         assert spec["split"]["arch_ratio"] == 7
-        assert on_disk["root"] == str(CT.resolve())
+        assert on_disk["root"] == str(three().resolve())
         assert {r["series_uid"] for r in on_disk["slices"]} == {s.series_uid for s in sources}
         assert len(on_disk["slices"]) == 18
         assert all(r["slice_uid"] for r in on_disk["slices"])
@@ -204,7 +217,7 @@ def test_same_call_reuses_the_cache(
     first = built[10.0]
     totals: list[int] = []
     started = time.perf_counter()
-    again, problems = prepare_dataset(CT, _spec(10.0), cache, on_total=totals.append)
+    again, problems = prepare_dataset(three(), _spec(10.0), cache, on_total=totals.append)
     seconds = time.perf_counter() - started
     assert again.reused is True and problems == []
     assert again.folder == first.folder
@@ -232,7 +245,7 @@ def test_patient_id_selects_the_same_test_set_as_the_folder_name(
     built: dict[float, PreparedDataset], cache: Path
 ) -> None:
     by_folder = built[10.0]
-    by_id, _ = prepare_dataset(CT, _spec(10.0, test=(CHEST_PATIENT_ID,)), cache)
+    by_id, _ = prepare_dataset(three(), _spec(10.0, test=(CHEST_PATIENT_ID,)), cache)
     assert by_id.folder != by_folder.folder, "the spec (and cache key) names the patient"
     assert by_id.counts() == by_folder.counts()
     assert by_id.manifest["patients"] == by_folder.manifest["patients"]
@@ -269,10 +282,12 @@ def test_one_patient_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_unknown_test_patient_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    need(CT)
+    three()
     totals = _must_not_start(monkeypatch)
     with pytest.raises(InputProblem, match="'Nobody-42' not found") as caught:
-        prepare_dataset(CT, _spec(test=("Nobody-42",)), tmp_path / "cache", on_total=totals.append)
+        prepare_dataset(
+            three(), _spec(test=("Nobody-42",)), tmp_path / "cache", on_total=totals.append
+        )
     assert CHEST_FOLDER in str(caught.value), "the message lists the folders there are"
     assert totals == []
     assert not (tmp_path / "cache").exists()
@@ -281,13 +296,13 @@ def test_unknown_test_patient_is_named(tmp_path: Path, monkeypatch: pytest.Monke
 def test_split_that_leaves_no_training_patient_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    need(CT)
+    three()
     _must_not_start(monkeypatch)
     everyone = (CHEST_FOLDER, PANCREAS.name, J2K.name)
     with pytest.raises(InputProblem, match="none left for training"):
-        prepare_dataset(CT, _spec(test=everyone), tmp_path / "cache")
+        prepare_dataset(three(), _spec(test=everyone), tmp_path / "cache")
     with pytest.raises(InputProblem, match="leave none for training"):
-        prepare_dataset(CT, _spec(test=(), n_test_patients=3), tmp_path / "cache")
+        prepare_dataset(three(), _spec(test=(), n_test_patients=3), tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 
 
@@ -300,6 +315,28 @@ def test_a_single_training_slice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputProblem, match="only 1 training slice"):
         prepare_dataset(root, _spec(), tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*")), "no dataset folder written"
+
+
+def test_an_undecodable_slice_is_skipped_by_name_and_the_rest_prepared(tmp_path: Path) -> None:
+    """lung-pet-ct-dx-a0002/1-30.dcm is a real truncated export: training names it and
+    goes on with the other slices instead of ending the run (it once ended a whole run)."""
+    second_chest = need(CT / "lung-pet-ct-dx-a0002")
+    truncated = second_chest / "1-30.dcm"
+    root = tmp_path / "data"
+    (root / "a0002").mkdir(parents=True)
+    for f in [second_chest / "1-01.dcm", second_chest / "1-15.dcm", truncated]:
+        (root / "a0002" / f.name).symlink_to(f)
+    (root / CHEST_FOLDER).mkdir()
+    for f in _dicom_files(CHEST)[30:33]:
+        (root / CHEST_FOLDER / f.name).symlink_to(f)
+    prepared, problems = prepare_dataset(root, _spec(), tmp_path / "cache")
+    assert [p.path.name for p in problems] == ["1-30.dcm"]
+    assert "cannot be decoded" in problems[0].problem
+    counts = prepared.counts()
+    assert counts["train"] + counts["arch"] == 2, "the two good slices are kept"
+    assert counts["test"] == 3
+    assert len(np.load(prepared.folder / "normal.npy")) == 5, "no empty rows left allocated"
+    assert prepared.manifest["skipped"] == [str(problems[0])]
 
 
 def test_empty_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -472,7 +509,7 @@ def test_patches_are_native_crops_inside_the_body(cache: Path) -> None:
         patches_per_slice=2, split=SplitConfig(test_patients=(CHEST_FOLDER,),
                                                max_slices_per_patient=3),
     )  # fmt: skip
-    prepared, _ = prepare_dataset(need(CT), spec, cache)
+    prepared, _ = prepare_dataset(three(), spec, cache)
     assert prepared.counts()["test"] == 6  # 3 slices x 2 patches
     low, normal, spacing = prepared.arrays("test")
     native, corners = prepared.native("test")
@@ -485,7 +522,7 @@ def test_patches_are_native_crops_inside_the_body(cache: Path) -> None:
         np.testing.assert_array_equal(native[i], full)
         assert (normal[i] > -500).mean() > 0.5, "patches lie in the body"
     # Native-resolution patches keep far more noise than whole slices resized to 64.
-    resized_low, resized_normal, _ = prepare_dataset(need(CT), _spec(10.0), cache)[0].arrays("test")
+    resized_low, resized_normal, _ = prepare_dataset(three(), _spec(10.0), cache)[0].arrays("test")
     assert (low - normal).std() > 2 * (resized_low - resized_normal).std()
     # Fresh noise takes the same crops.
     fresh = FreshNoise(spec, "cpu", seed=1)

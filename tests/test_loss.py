@@ -240,3 +240,28 @@ def test_bf16_autocast_on_cpu_gives_a_finite_float32_loss(vgg_file: Path) -> Non
     with torch.autocast("cpu", torch.bfloat16):
         under = loss(x, y)
     assert under.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_structural_and_edge_terms_add_to_mse_for_blur_and_noise_alike() -> None:
+    """The optional terms (no downloaded weights): zero for a perfect prediction, positive
+    for a blurred one and for a noisy one of the same MSE, reported by name, and refused
+    with a negative weight."""
+    from manas_infer.hu import normalize
+    from manas_infer.train.augment import gaussian_blur
+
+    g = torch.Generator().manual_seed(0)
+    hu = 40.0 + 60.0 * gaussian_blur(torch.randn(4, 1, 64, 64, generator=g), 1.0)
+    hu[..., 20:44, 20:44] += 300.0  # an edge
+    target = normalize(hu)
+    blurred = normalize(gaussian_blur(hu, 1.5))
+    mse = F.mse_loss(blurred, target)
+    noisy = target + mse.sqrt() * torch.randn(target.shape, generator=g)  # the same MSE
+    for weights in ({"ssim_weight": 1.0}, {"edge_weight": 1.0}):
+        extra = DenoiseLoss(0.0, **weights)
+        assert float(extra(target, target)) == 0.0
+        for pred in (blurred, noisy):
+            assert float(extra(pred, target)) > float(F.mse_loss(pred, target))
+        parts = extra.components(blurred, target)
+        assert set(parts) == {"mse", next(iter(weights)).removesuffix("_weight"), "total"}
+    with pytest.raises(ValueError, match="edge weight"):
+        DenoiseLoss(0.0, edge_weight=-1.0)

@@ -124,6 +124,45 @@ def test_skip_rule_stops_the_search_and_keeps_the_last_valid_architecture(
     assert kept.to_json() == derived[1].to_json(), "the last architecture with <= 2 skips"
 
 
+def test_fine_tuning_starts_from_the_given_weights(data_root: Path, tmp_path: Path) -> None:
+    """--init-weights (how the 10 and 2.5 % models are made from the 5 % one): no search,
+    the source's architecture, and the first step starts from its weights: with a
+    vanishing learning rate the fine-tuned net is the source net."""
+    source_config = _config(data_root, tmp_path / "cache", retrain_epochs=1)
+    source = create_run(tmp_path / "runs", source_config)
+    Trainer(source, source_config, DistContext(torch.device("cpu"))).run()
+    tuned_config = replace(
+        _config(data_root, tmp_path / "cache", retrain_epochs=1, lr=1e-12, lr_min=1e-12),
+        dose=10.0,
+        genotype=(source / "genotype.json").read_text(),
+        init_weights=str(source / "checkpoints" / "best.pt"),
+    )
+    tuned = create_run(tmp_path / "runs", tuned_config)
+    Trainer(tuned, tuned_config, DistContext(torch.device("cpu"))).run()
+    state = torch.load(tuned / "checkpoints" / "state.pt", weights_only=False)
+    assert state.get("search_skipped") and "search_model" not in state
+    before, after = _weights(source, "best.pt"), _weights(tuned, "best.pt")
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.allclose(before[name], after[name], atol=1e-6), name
+    scratch = replace(tuned_config, init_weights=None)
+    fresh = create_run(tmp_path / "runs", scratch)
+    Trainer(fresh, scratch, DistContext(torch.device("cpu"))).run()
+    assert not torch.allclose(_weights(fresh, "best.pt")["stem.weight"], before["stem.weight"])
+
+
+def test_a_run_copied_to_another_machine_is_pointed_at_its_data(tmp_path: Path) -> None:
+    """--resume --data/--cache: a long run kept in the repository continues elsewhere."""
+    config = _config(tmp_path / "old-data", tmp_path / "old-cache")
+    folder = create_run(tmp_path / "runs", config)
+    moved = run_module.moved_run(folder, config, tmp_path / "new-data", None)
+    reloaded = run_module.load_run_config(folder)
+    assert reloaded == moved
+    assert reloaded.data_root == str((tmp_path / "new-data").resolve())
+    assert reloaded.cache_root == config.cache_root
+    assert replace(reloaded, data_root=config.data_root) == config, "nothing else changes"
+
+
 def test_capped_cells_limit_skips() -> None:
     alphas = {t: torch.zeros(6, 7) for t in ("expand", "transfer", "compress")}
     alphas["transfer"][:, 0] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])  # skip wins all
@@ -156,6 +195,8 @@ def test_bad_input_is_refused_before_work(tmp_path: Path) -> None:
     )  # fmt: skip
     assert no_vgg.exit_code == 2
     assert "--perceptual-weight 0" in " ".join(no_vgg.output.split())
+    result = _train("--dose", "5", "--data", empty, "--init-weights", tmp_path / "none", *common)
+    assert result.exit_code == 2 and "missing" in result.output  # the panel wraps the path
     assert not runs.exists() or not any(runs.iterdir()), "no run directory for refused input"
 
 

@@ -345,6 +345,24 @@ def _slice_uid(source: Source, index: int) -> str:
     return source.slices[index].sop_instance_uid
 
 
+def _decode_slices(
+    source: CTSeries, chosen: np.ndarray, problems: list[InputProblem]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the chosen indices that decode, their HU [n, H, W]); each slice that does not
+    decode (a truncated export, say) is added to ``problems`` by name and left out, so one
+    bad file never ends a training run."""
+    kept, slices = [], []
+    for i in chosen:
+        try:
+            slices.append(source.read_slice_hu(int(i)))
+        except InputProblem as problem:
+            problems.append(problem)
+            continue
+        kept.append(int(i))
+    volume = np.stack(slices) if slices else np.empty((0, *source.shape), np.float32)
+    return np.asarray(kept, dtype=np.int64), volume
+
+
 def check_data(root: Path, spec: DatasetSpec):
     """(sources, problems, (train patients, test patients, sources per patient)), or an
     InputProblem when the data cannot give the split: cheap, headers only, so commands
@@ -393,6 +411,7 @@ def prepare_dataset(
     if on_total is not None:
         on_total(total)
 
+    plan_sizes = {id(source): chosen for _, source, chosen in plan}
     simulator = LowDoseSimulator(spec.dose, device=device)
     generator = torch.Generator(device=simulator.device).manual_seed(spec.split.seed)
     rng = np.random.default_rng(spec.split.seed)
@@ -411,7 +430,11 @@ def prepare_dataset(
         if isinstance(source, CTVolume):
             volume = source.read_hu()[chosen]
         else:  # decode only the slices kept, not the whole series
-            volume = np.stack([source.read_slice_hu(int(i)) for i in chosen])
+            chosen, volume = _decode_slices(source, chosen, problems)
+            if on_slice is not None and len(chosen) < len(plan_sizes[id(source)]):
+                on_slice(len(plan_sizes[id(source)]) - len(chosen))
+            if not len(chosen):
+                continue
         for start in range(0, len(chosen), batch):
             square = pad_to_square(torch.from_numpy(volume[start : start + batch]))
             noisy = simulator.simulate(
@@ -442,6 +465,11 @@ def prepare_dataset(
             if on_slice is not None:
                 on_slice(len(square))
 
+    n = len(records)  # fewer than allocated when slices could not be decoded
+    normal, low, spacing = normal[:n], low[:n], spacing[:n]
+    corners, native_index = corners[:n], native_index[:n]
+    if not any(r == "train" for r in roles):
+        raise InputProblem(root, "no training slice could be decoded")
     train_idx = [i for i, r in enumerate(roles) if r == "train"]
     n_arch = max(1, round(len(train_idx) / (spec.split.arch_ratio + 1)))
     arch = sorted(rng.choice(train_idx, size=n_arch, replace=False).tolist())
@@ -465,6 +493,7 @@ def prepare_dataset(
         },
         "splits": splits,
         "slices": records,
+        "skipped": [str(problem) for problem in problems],
         "seconds": round(time.perf_counter() - started, 2),
         "device": simulator.device.type,
     }

@@ -1,4 +1,12 @@
-"""The training loss of search and retrain: L = MSE + lambda * PL (paper Eq. 5, SPEC section 2)."""
+"""The training loss of search and retrain: L = MSE + lambda * PL (paper Eq. 5, SPEC section 2),
+plus two optional terms that need no downloaded weights, because MSE alone rewards the
+waxy, over-smoothed look radiologists reject:
+
+- a structural term, ``ssim_weight * (1 - SSIM)`` in the soft-tissue window [-160, 240] HU,
+  where texture and faint lesions are read (full-range SSIM hardly sees soft tissue);
+- an edge term, ``edge_weight * MSE`` of the horizontal and vertical finite differences,
+  which penalises blurred edges more than MSE of the pixels does.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from manas_infer.hu import SOFT_TISSUE_WINDOW
+from manas_infer.metrics import ssim, window_normalized
 from manas_infer.train.perceptual import DEFAULT_LAYER, PerceptualLoss
 
 
@@ -26,11 +36,16 @@ class DenoiseLoss(nn.Module):
         perceptual_weight: float = 1e-4,
         vgg_weights: Path | str | None = None,
         layer: str = DEFAULT_LAYER,
+        ssim_weight: float = 0.0,
+        edge_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        if not math.isfinite(perceptual_weight) or perceptual_weight < 0:
-            raise ValueError(f"perceptual weight must be >= 0, got {perceptual_weight}")
+        for name, value in (("perceptual", perceptual_weight), ("SSIM", ssim_weight),
+                            ("edge", edge_weight)):  # fmt: skip
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} weight must be >= 0, got {value}")
         self.perceptual_weight = float(perceptual_weight)
+        self.ssim_weight, self.edge_weight = float(ssim_weight), float(edge_weight)
         self.perceptual: PerceptualLoss | None = (
             PerceptualLoss.from_file(vgg_weights, layer) if self.perceptual_weight > 0 else None
         )
@@ -42,10 +57,26 @@ class DenoiseLoss(nn.Module):
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         """Scalar float32 loss of a prediction against its normal-dose target."""
-        mse = self._mse(pred, target)
-        if self.perceptual is None:
-            return mse
-        return mse + self.perceptual_weight * self.perceptual(pred, target)
+        total = self._mse(pred, target)
+        if self.perceptual is not None:
+            total = total + self.perceptual_weight * self.perceptual(pred, target)
+        if self.ssim_weight > 0:
+            total = total + self.ssim_weight * self._structural(pred, target)
+        if self.edge_weight > 0:
+            total = total + self.edge_weight * self._edges(pred, target)
+        return total
+
+    def _structural(self, pred: Tensor, target: Tensor) -> Tensor:
+        """1 - mean SSIM in the soft-tissue window."""
+        window = [window_normalized(x.float(), SOFT_TISSUE_WINDOW) for x in (pred, target)]
+        return 1.0 - ssim(*window).mean()
+
+    def _edges(self, pred: Tensor, target: Tensor) -> Tensor:
+        """MSE of the finite differences along both axes."""
+        p, t = pred.float(), target.float()
+        dy = F.mse_loss(p.diff(dim=-2), t.diff(dim=-2))
+        dx = F.mse_loss(p.diff(dim=-1), t.diff(dim=-1))
+        return dx + dy
 
     @torch.no_grad()
     def components(self, pred: Tensor, target: Tensor) -> dict[str, float]:
@@ -55,5 +86,11 @@ class DenoiseLoss(nn.Module):
         if self.perceptual is not None:
             values["perceptual"] = float(self.perceptual(pred, target))
             total += self.perceptual_weight * values["perceptual"]
+        if self.ssim_weight > 0:
+            values["ssim"] = float(self._structural(pred, target))
+            total += self.ssim_weight * values["ssim"]
+        if self.edge_weight > 0:
+            values["edge"] = float(self._edges(pred, target))
+            total += self.edge_weight * values["edge"]
         values["total"] = total
         return values

@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -81,6 +81,9 @@ class RunConfig:
     arch: str = "manas"
     augment: dict | None = None  # Augmentation.to_dict(); None: none (runs made before it)
     genotype: str | None = None  # a given architecture (JSON): skip the search, retrain it
+    init_weights: str | None = None  # fine-tune: retraining starts from these weights
+    ssim_weight: float = 0.0  # the loss's structural term (train/loss.py); 0: off
+    edge_weight: float = 0.0  # the loss's edge term; 0: off
 
     def to_dict(self) -> dict:
         return {**asdict(self), "preset": self.preset.to_dict(), "software_version": __version__}
@@ -160,7 +163,10 @@ class Trainer:
         self.autocast = self.device.type == "cuda"  # bf16 on GPUs; plain float32 on CPUs
         self.checkpoints = self.folder / "checkpoints"
         self.state_path = self.checkpoints / "state.pt"
-        self.loss = DenoiseLoss(config.perceptual_weight, config.vgg_weights).to(self.device)
+        self.loss = DenoiseLoss(
+            config.perceptual_weight, config.vgg_weights,
+            ssim_weight=config.ssim_weight, edge_weight=config.edge_weight,
+        ).to(self.device)  # fmt: skip
         self._load_data()
         self.augment = Augmentation.from_dict(config.augment) if config.augment else None
         self.augment_rng = torch.Generator().manual_seed(config.seed + 29 + ctx.rank)
@@ -371,6 +377,8 @@ class Trainer:
         p, c, started = self.preset, self.config, time.perf_counter()
         torch.manual_seed(c.seed + 1)
         model = build_network(c.arch, self.state["genotype"]).to(self.device)
+        if self.device.type == "cpu":  # NHWC convolutions: about 25 % faster steps on a CPU
+            model = model.to(memory_format=torch.channels_last)
         forward = self._wrap(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -378,6 +386,9 @@ class Trainer:
         )
         if "retrain_model" in self.state:
             model.load_state_dict(self.state["retrain_model"])
+        elif c.init_weights is not None:  # fine-tuning: the first epoch starts from them
+            model.load_state_dict(read_weights(Path(c.init_weights))["state_dict"])
+        if "retrain_opt" in self.state:
             optimizer.load_state_dict(self.state["retrain_opt"])
             schedule.load_state_dict(self.state["retrain_schedule"])
         n_train = len(self.data["train"][1])
@@ -410,6 +421,7 @@ class Trainer:
                 ))  # fmt: skip
                 weights = {"genotype": self.state["genotype"], "state_dict": model.state_dict(),
                            "arch": c.arch, "dose": c.dose, "preset": p.name,
+                           "init_weights": c.init_weights,
                            "epoch": epoch + 1, "val_psnr": val_psnr}  # fmt: skip
                 if self.ctx.is_main:
                     _save_atomically(weights, self.checkpoints / "last.pt")
@@ -488,6 +500,8 @@ class Trainer:
                 "search_skipped": self.state.get("search_skipped", False),
                 "augmentation": self.config.augment,
                 "perceptual_weight": self.config.perceptual_weight,
+                "ssim_weight": self.config.ssim_weight,
+                "edge_weight": self.config.edge_weight,
                 "device": self.device.type,
             }
             (self.folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -534,13 +548,39 @@ def load_trained(folder: Path) -> tuple[torch.nn.Module, dict]:
 
     The one way export, evaluation and tests rebuild a trained net from a run directory.
     """
-    path = Path(folder) / "checkpoints" / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no retrained network yet ({path} is missing)")
-    best = torch.load(path, map_location="cpu", weights_only=False)
+    best = read_weights(Path(folder))
     model = build_network(best.get("arch", "manas"), best["genotype"])
     model.load_state_dict(best["state_dict"])
     return model.eval(), best
+
+
+def moved_run(folder: Path, config: RunConfig, data: Path | None, cache: Path | None) -> RunConfig:
+    """The config of a run copied to another machine, pointed at where its data and cache
+    are there, and saved back. The dataset's cache key (series UIDs and settings) still
+    decides which pairs it trains on, so the same data gives the same run."""
+    changes: dict[str, str] = {}
+    if data is not None:
+        changes["data_root"] = str(Path(data).resolve())
+    if cache is not None:
+        changes["cache_root"] = str(Path(cache).resolve())
+    config = replace(config, **changes)
+    (Path(folder) / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    return config
+
+
+def weights_file(path: Path) -> Path:
+    """A run directory -> its checkpoints/best.pt; a .pt file -> itself."""
+    path = Path(path)
+    return path / "checkpoints" / "best.pt" if path.is_dir() else path
+
+
+def read_weights(path: Path) -> dict:
+    """A retrained checkpoint (genotype, state_dict, arch, dose...) from a run directory or
+    a .pt file; FileNotFoundError naming it when there is none yet."""
+    file = weights_file(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no retrained network yet ({file} is missing)")
+    return torch.load(file, map_location="cpu", weights_only=False)
 
 
 def run_stage(folder: Path) -> str:
