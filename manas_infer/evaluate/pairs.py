@@ -33,14 +33,16 @@ class Pairs:
     labels: list[str]  # "series folder, slice k" for tables and figures
     source: str  # one line: where the pairs come from, for the report
     problems: list[InputProblem] = field(default_factory=list)
+    spacing: list[float] = field(default_factory=list)  # mm per slice; empty if unknown
 
     def __len__(self) -> int:
         return len(self.full)
 
-    def add(self, low: np.ndarray, full: np.ndarray, label: str) -> None:
+    def add(self, low: np.ndarray, full: np.ndarray, label: str, spacing: float) -> None:
         self.low.append(low)
         self.full.append(full)
         self.labels.append(label)
+        self.spacing.append(float(spacing))
 
 
 def simulated_pairs(
@@ -66,7 +68,7 @@ def simulated_pairs(
             low = simulator.simulate_numpy(
                 full, series.pixel_spacing[0], seed=seed * 1_000_003 + s_index * 10_007 + i
             )
-            pairs.add(low, full, f"{series.folder.name}, slice {i + 1}")
+            pairs.add(low, full, f"{series.folder.name}, slice {i + 1}", series.pixel_spacing[0])
             if on_slice is not None:
                 on_slice()
     if not pairs.full:
@@ -114,7 +116,7 @@ def matched_pairs(
             continue
         label = f"{low.folder.name}, slice {i + 1} at {where:.1f} mm"
         try:
-            pairs.add(low.read_slice_hu(i), full.read_slice_hu(j), label)
+            pairs.add(low.read_slice_hu(i), full.read_slice_hu(j), label, low.pixel_spacing[0])
         except InputProblem as problem:  # one undecodable slice: say so, score the rest
             pairs.problems.append(problem)
             continue
@@ -133,11 +135,12 @@ def run_test_pairs(run_dir: Path, max_slices: int | None = None) -> Pairs:
     folder = Path(json.loads(info.read_text())["folder"])
     if not folder.is_dir():
         raise InputProblem(folder, "the run's cached dataset is gone; give --data DIR instead")
-    low, full, _ = PreparedDataset.load(folder).arrays("test")
+    low, full, spacing = PreparedDataset.load(folder).arrays("test")
     keep = evenly_spaced(len(full), max_slices).tolist()
     return Pairs(
         [low[i] for i in keep],
         [full[i] for i in keep],
         [f"test image {i + 1}" for i in keep],
         f"{run_dir.name}: its held-out test split ({folder})",
+        spacing=[float(spacing[i]) for i in keep],
     )

@@ -7,6 +7,7 @@ REPORT/slice-K.png    for chosen slices: full dose, low dose and each method sid
                       side in the soft-tissue window, a zoomed region, and the
                       difference from full dose, as radiologists compare them
 REPORT/psnr.png       the per-slice PSNR of every method, to see spread, not only means
+REPORT/physics-*.png  noise power spectra and edge TTFs (``physics``), when measured
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from matplotlib.patches import Rectangle
 
 from manas_infer.evaluate.methods import Method
 from manas_infer.evaluate.pairs import Pairs
+from manas_infer.evaluate.physics_report import patient_section
 from manas_infer.hu import SOFT_TISSUE_WINDOW, normalize, window_bounds
 from manas_infer.metrics import mean_sd, quality
 
@@ -59,8 +61,10 @@ def score(
     figure_slices: list[int],
     perceptual: torch.nn.Module | None = None,
     on_step: Callable[[str], None] | None = None,
+    on_output: Callable[[Method, int, np.ndarray], None] | None = None,
 ) -> list[Scored]:
-    """Run every method on every pair; keep the outputs of ``figure_slices`` for pictures."""
+    """Run every method on every pair; keep the outputs of ``figure_slices`` for pictures
+    and hand every output to ``on_output`` (the physics battery) as it is made."""
     results = []
     for method in methods:
         scored = Scored(method)
@@ -77,6 +81,8 @@ def score(
                 scored.per_slice.setdefault("perceptual", []).append(pl)
             if i in figure_slices:
                 scored.shown[i] = out
+            if on_output is not None:
+                on_output(method, i, out)
             if on_step is not None:
                 on_step(method.name)
         results.append(scored)
@@ -166,9 +172,12 @@ def write_report(
     figure_slices: list[int],
     perceptual_note: str,
     settings: dict,
+    physics: dict | None = None,
 ) -> dict:
-    """report.md, metrics.json and the figures; returns the metrics dictionary."""
+    """report.md, metrics.json and the figures; returns the metrics dictionary. ``physics``
+    (``PatientPhysics.result()``) adds the noise-texture and edge-sharpness section."""
     out.mkdir(parents=True, exist_ok=True)
+    physics_lines, physics_figures = patient_section(out, physics) if physics else ([], [])
     figures = []
     for i in figure_slices:
         figures.append(slice_figure(out / f"slice-{i + 1}.png", pairs.labels[i], pairs.full[i],
@@ -197,6 +206,8 @@ def write_report(
         ],
         "figures": figures,
     }
+    if physics:
+        metrics["physics"] = {**physics, "figures": physics_figures}
     (out / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, allow_nan=False))
     lines = [
         "# Denoising comparison",
@@ -230,6 +241,7 @@ def write_report(
     ]
     lines += [f"- {s.method.name}: {s.method.detail}" for s in rows]
     lines += [""] + [f"![{name}]({name})" for name in figures] + [""]
+    lines += physics_lines
     (out / "report.md").write_text("\n".join(lines))
     return metrics
 
