@@ -1,5 +1,6 @@
-"""`manas-infer denoise`: real CT series through the shipped default model into derived
-series that dciodvfy accepts, with SPEC section 4 attributes, and every bad input named."""
+"""`manas-infer denoise`: real CT series through the shipped models (chosen from the series'
+own noise by default) into derived series that dciodvfy accepts, with SPEC section 4
+attributes and the strength recorded, and every bad input named."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typer.testing import CliRunner
 from manas_infer import __version__
 from manas_infer.cli import app
 from manas_infer.data.series import scan
-from manas_infer.runtime import DEFAULT_MODEL, resolve_model
+from manas_infer.runtime import read_card, resolve_model
+from manas_infer.runtime.strength import DEFAULT_STRENGTH
 
 runner = CliRunner()
 
@@ -34,7 +36,7 @@ def _flat(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def chest_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Six real chest slices denoised once with the shipped default model."""
+    """Six real chest slices denoised once with the default (noise-based) choice."""
     base = tmp_path_factory.mktemp("denoise")
     copy_slices(need(CHEST), base / "chest", 6, start=29)
     result = runner.invoke(
@@ -47,23 +49,28 @@ def chest_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_default_output_is_a_named_sibling_with_a_summary(chest_result: dict) -> None:
     base, summary = chest_result["base"], chest_result["summary"]
-    assert summary["model"] == DEFAULT_MODEL and summary["model_choice"] == "default model"
+    model = summary["model"]
+    assert summary["model_choice"] == "noise-based choice"
     assert summary["provider"] == "CPUExecutionProvider" and summary["problems"] == []
     (series,) = summary["series"]
-    assert series["output"] == str(base / f"chest-denoised-{DEFAULT_MODEL}")
+    assert series["model"] == model and series["automatic"]
+    assert series["strength_percent"] == summary["strength_percent"]
+    assert f"measured noise {series['measured_noise_hu']:.1f} HU" in series["why"]
+    assert series["output"] == str(base / f"chest-denoised-{model}")
     assert series["slices"] == 6 and series["slices_per_s"] > 0
-    assert len(list((base / f"chest-denoised-{DEFAULT_MODEL}").glob("*.dcm"))) == 6
+    assert len(list((base / f"chest-denoised-{model}").glob("*.dcm"))) == 6
     png = Path(series["preview"])
     assert png.is_file() and png.stat().st_size > 20_000
     assert not list(base.glob(".*partial*"))
 
 
 def test_output_passes_dciodvfy_and_carries_spec_section_4(chest_result: dict) -> None:
-    base = chest_result["base"]
+    base, (summary,) = chest_result["base"], chest_result["summary"]["series"]
+    model, strength = summary["model"], summary["strength_percent"]
     source = scan(base / "chest").series[0]
-    out_files = sorted((base / f"chest-denoised-{DEFAULT_MODEL}").glob("*.dcm"))
-    card_sha = resolve_model().path.with_name(f"{DEFAULT_MODEL}.card.json")
-    sha = json.loads(card_sha.read_text())["sha256"]
+    out_files = sorted((base / f"chest-denoised-{model}").glob("*.dcm"))
+    card = read_card(resolve_model(model).path)
+    sha, dose = card["sha256"], f"{card['dose_percent']:g} %"
     for f, header in zip(out_files, source.slices, strict=True):
         assert dciodvfy_errors(f) == [], f.name
         ds, src = pydicom.dcmread(f), header.dataset
@@ -72,9 +79,13 @@ def test_output_passes_dciodvfy_and_carries_spec_section_4(chest_result: dict) -
                         "PixelRepresentation", "RescaleSlope", "RescaleIntercept"):  # fmt: skip
             assert ds[keyword].value == src[keyword].value, keyword
         assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
-        assert DEFAULT_MODEL in ds.SeriesDescription and "5 %" in ds.SeriesDescription
-        for part in (DEFAULT_MODEL, __version__, "5 % dose", sha[:16]):
+        assert model in ds.SeriesDescription and dose in ds.SeriesDescription
+        assert f"{strength:g}%" in ds.SeriesDescription
+        for part in (model, __version__, f"{dose} dose", sha[:16], f"Strength {strength:g} %",
+                     "bias guard", summary["why"][:60]):  # fmt: skip
             assert part in ds.DerivationDescription, part
+        contribution = ds.ContributingEquipmentSequence[0].ContributionDescription
+        assert f"strength {strength:g} %" in contribution
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == header.sop_instance_uid
         assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.series_uid
         assert ds.ContributingEquipmentSequence[0].ManufacturerModelName.startswith("manas-infer")
@@ -82,21 +93,23 @@ def test_output_passes_dciodvfy_and_carries_spec_section_4(chest_result: dict) -
 
 
 def test_geometry_order_and_hu_stay_plausible(chest_result: dict) -> None:
-    base = chest_result["base"]
+    base, model = chest_result["base"], chest_result["summary"]["model"]
     source = scan(base / "chest").series[0]
-    derived = scan(base / f"chest-denoised-{DEFAULT_MODEL}").series[0]
+    derived = scan(base / f"chest-denoised-{model}").series[0]
     assert [s.location for s in derived.slices] == [s.location for s in source.slices]
     before, after = source.read_hu(), derived.read_hu()
     air = before < -990  # outside the body
     assert abs(float(np.median(after[air])) - float(np.median(before[air]))) < 30
     tissue = (before > 0) & (before < 100)
     assert abs(float(np.median(after[tissue])) - float(np.median(before[tissue]))) < 20
-    assert 0 < float(np.abs(after - before).mean()) < 60  # it changed the image, moderately
+    changed = float(np.abs(after - before).mean())
+    strength = chest_result["summary"]["strength_percent"]
+    assert changed < 60 and (changed > 0) == (strength > 0)  # moderately, if at all
 
 
 def test_uids_are_deterministic_and_overwrite_is_needed(chest_result: dict) -> None:
     base = chest_result["base"]
-    out = base / f"chest-denoised-{DEFAULT_MODEL}"
+    out = base / f"chest-denoised-{chest_result['summary']['model']}"
     first = [pydicom.dcmread(f).SOPInstanceUID for f in sorted(out.glob("*.dcm"))]
     refused = _run(base / "chest")
     assert refused.exit_code == 1
@@ -112,9 +125,16 @@ def test_jpeg2000_input_and_dose_choice(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["model"] == "manas-10pct" and summary["model_choice"] == "--dose 10"
+    assert summary["strength_percent"] == DEFAULT_STRENGTH
     (series,) = scan(tmp_path / "out").series
     assert series.n_slices == 3
     assert dciodvfy_errors(sorted((tmp_path / "out").glob("*.dcm"))[0]) == []
+    # Another strength is another derived series: new UIDs, the strength recorded.
+    weaker = _run(tmp_path / "j2k", "--dose", "10", "--strength", "40", "--out", tmp_path / "w")
+    assert weaker.exit_code == 0, weaker.output
+    first, other = (pydicom.dcmread(sorted((tmp_path / d).glob("*.dcm"))[0]) for d in ("out", "w"))
+    assert first.SeriesInstanceUID != other.SeriesInstanceUID
+    assert "Strength 40 %" in other.DerivationDescription and "40%" in other.SeriesDescription
 
 
 def test_bad_inputs_are_named_and_good_series_still_processed(tmp_path: Path) -> None:

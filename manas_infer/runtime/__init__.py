@@ -1,8 +1,11 @@
 """The one inference runtime (SPEC section 3): every caller that denoises uses it.
 
-models/ -> ``resolve_model`` (by name, path or dose) -> ``Denoiser`` (onnxruntime session on
-the best provider that really works) -> HU slices in, HU slices out. The denoise command
-and the DICOM node both go through here; nothing else opens an ONNX session for inference.
+models/ -> ``resolve_model`` (by name, path or dose), or ``choice.choose`` (by the series'
+own measured noise, ``noise.py``, against ``models/noise-levels.json``) -> ``Denoiser``
+(onnxruntime session on the best provider that really works) -> HU slices in, HU slices
+out. ``Denoiser.denoise`` is the product step: the network, the CT-number bias guard
+(``guard.py``) and the strength (``strength.py``). The denoise command, the demo and the
+DICOM node all go through here; nothing else opens an ONNX session for inference.
 """
 
 from manas_infer.runtime.models import (

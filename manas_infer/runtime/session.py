@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from manas_infer.config import cache_root
+from manas_infer.runtime.guard import BIAS_GUARD_SIGMA_PX
 from manas_infer.runtime.models import ModelChoice, ModelError, read_card, resolve_model
 from manas_infer.runtime.providers import Opened, open_session
+from manas_infer.runtime.strength import DEFAULT_STRENGTH, apply_strength, check_strength
 
 log = logging.getLogger("manas_infer.runtime")
 PRECISIONS = ("auto", "float32", "float16")
@@ -119,6 +121,23 @@ class Denoiser:
         return np.concatenate(
             [self.run(hu[i : i + self.batch]) for i in range(0, len(hu), self.batch)]
         )
+
+    def denoise(
+        self,
+        hu: np.ndarray,
+        strength: float = DEFAULT_STRENGTH,
+        guard_sigma_px: float | None = BIAS_GUARD_SIGMA_PX,
+    ) -> np.ndarray:
+        """What every caller that writes images gets: the network, then the CT-number bias
+        guard, then ``strength`` percent of the noise removed (``strength.py``).
+
+        ``run`` and ``__call__`` stay the bare network (the model contract that export
+        verifies against torch); 0 % returns a copy of the input without running it.
+        """
+        strength = check_strength(strength)
+        if strength == 0.0:
+            return np.array(hu, dtype=np.float32, copy=True)
+        return apply_strength(hu, self(hu), strength, guard_sigma_px)
 
     def stream(self, slices: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Denoise slices as they come (a series read lazily), ``batch`` at a time, in order."""
