@@ -46,6 +46,14 @@ def serve(
     spool: Path | None = typer.Option(None, help="Same as --set spool.path=..."),
     stable_age: float | None = typer.Option(None, help="Same as --set spool.stable_age=..."),
     log_level: str | None = typer.Option(None, help="Same as --set logging.level=..."),
+    strength: float | None = typer.Option(
+        None,
+        min=0,
+        max=100,
+        help="Same as --set processing.strength=...: percent of the estimated noise removed "
+        "for every series no rule with its own strength matches. Default: fitted to each "
+        "series' measured noise when no rule matches, 90 % for a named model.",
+    ),
 ) -> None:
     """Run the DICOM node: a Storage SCP that denoises the CT series routed to it and sends
     the derived series to the configured destinations. Stops gracefully on SIGTERM."""
@@ -60,6 +68,8 @@ def serve(
         overrides.append(f"spool.path={_toml_string(str(spool.resolve()))}")
     if stable_age is not None:
         overrides.append(f"spool.stable_age={stable_age}")
+    if strength is not None:
+        overrides.append(f"processing.strength={float(strength)}")
     cfg = _config_or_exit(config, overrides)
 
     from manas_infer.dicom_node.config import NodeConfigError

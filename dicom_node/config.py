@@ -41,6 +41,12 @@ class NodeSection:
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     shutdown_grace: float = 20.0
+    # Everything before a valid A-ASSOCIATE-RQ (TLS handshake included) must be done in
+    # this many seconds, so no unauthenticated connection holds anything for long.
+    handshake_timeout: float = 5.0
+    # Connections still at that stage, counted for allow-listed hosts and for the rest
+    # separately; more are dropped at once.
+    max_pending_connections: int = 32
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,10 @@ class SpoolSection:
     path: Path = Path("spool")
     stable_age: float = 30.0
     keep_sent_hours: float = 24.0
+    # A full spool disk while processing is waited out, not a failure: the series is
+    # queued again and retried after this back-off (doubling up to the maximum).
+    disk_full_retry_initial: float = 5.0
+    disk_full_retry_max: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,12 @@ class LimitsSection:
 class ProcessingSection:
     device: str = "auto"
     batch: int = 4
-    default_model: str = ""  # empty: the shipped default model (manas-5pct)
+    # Empty: when no rule matches, the series' own noise picks the model and the strength
+    # (manas_infer/runtime/choice.py); a name or path: that model for every such series.
+    default_model: str = ""
+    # Percent of the estimated noise removed (0-100). None: fitted to the measured noise for
+    # the automatic choice, the runtime's default (90 %) for a named model.
+    strength: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class Rule:
     ctdivol_at_least: float | None = None
     model: str = ""
     dose: float | None = None
+    strength: float | None = None  # None: processing.strength, else the runtime's default
     destinations: list[str] = field(default_factory=list)
 
 
@@ -322,6 +338,8 @@ def _check(c: NodeConfig) -> list[str]:
     for key in ("acse_timeout", "dimse_timeout", "network_timeout"):
         _between(p, f"node.{key}", getattr(n, key), 0.1, 86400)
     _between(p, "node.shutdown_grace", n.shutdown_grace, 0, 3600)
+    _between(p, "node.handshake_timeout", n.handshake_timeout, 0.1, 300)
+    _between(p, "node.max_pending_connections", n.max_pending_connections, 1, 10_000)
     try:
         ipaddress.ip_address(n.host)
     except ValueError:
@@ -329,6 +347,9 @@ def _check(c: NodeConfig) -> list[str]:
             p.append(f"node.host must be an IP address to listen on, got {n.host!r}")
     _between(p, "spool.stable_age", c.spool.stable_age, 0.1, 86400)
     _between(p, "spool.keep_sent_hours", c.spool.keep_sent_hours, 0, 24 * 365)
+    _between(p, "spool.disk_full_retry_initial", c.spool.disk_full_retry_initial, 0.01, 3600)
+    _between(p, "spool.disk_full_retry_max", c.spool.disk_full_retry_max,
+             c.spool.disk_full_retry_initial, 86400)  # fmt: skip
     if c.spool.path.exists() and not c.spool.path.is_dir():
         p.append(f"spool.path {c.spool.path} exists and is not a folder")
     lim = c.limits
@@ -340,6 +361,8 @@ def _check(c: NodeConfig) -> list[str]:
         p.append(f"processing.device must be one of {', '.join(DEVICES)}, "
                  f"got {c.processing.device!r}")  # fmt: skip
     _between(p, "processing.batch", c.processing.batch, 1, 1024)
+    if c.processing.strength is not None:
+        _between(p, "processing.strength", c.processing.strength, 0, 100)
     s = c.sending
     if s.calling_ae:
         _ae_title(p, "sending.calling_ae", s.calling_ae)
@@ -368,6 +391,8 @@ def _check(c: NodeConfig) -> list[str]:
             p.append(f"{where} needs exactly one of model or dose")
         if rule.dose is not None and rule.dose <= 0:
             p.append(f"{where}.dose must be a positive percentage, got {rule.dose:g}")
+        if rule.strength is not None:
+            _between(p, f"{where}.strength", rule.strength, 0, 100)
         for key in ("ctdivol_below", "ctdivol_at_least"):
             value = getattr(rule, key)
             if value is not None and value < 0:

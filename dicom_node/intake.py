@@ -2,10 +2,11 @@
 thing: check the caller, or check an instance, put it in the spool durably and answer.
 No decoding beyond one check that the pixels can be read, no inference, no sending here.
 
-Statuses (PS3.4 B.2.3): 0xA700-0xA702 out of resources (disk watermark, max slices, max
-bytes), 0xA900 not an axial CT image (another modality or class, a localizer), 0xC000
-cannot be understood (unreadable, no or undecodable pixels, implausible matrix,
-multi-frame, inconsistent UIDs). Each failure carries an ErrorComment saying why.
+Statuses (PS3.4 B.2.3): 0xA700-0xA702 out of resources (disk watermark or disk full, max
+slices, max bytes), 0xA900 not an axial CT image (another modality or class, a localizer),
+0xC000 cannot be understood (unreadable, no or undecodable pixels, implausible matrix,
+multi-frame, inconsistent UIDs, a rescale or geometry the HU values and the derived series
+cannot be made from). Each failure carries an ErrorComment saying why.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from pynetdicom import evt
 from manas_infer.data.series import (
     CT_IMAGE_STORAGE,
     ENHANCED_CT_IMAGE_STORAGE,
+    check_header,
     read_hu_file,
     sop_class_of,
 )
 from manas_infer.dicom_node.config import NodeConfig
-from manas_infer.dicom_node.spool import SeriesRecord, Spool, State, series_key
+from manas_infer.dicom_node.spool import SeriesRecord, Spool, State, is_disk_full, series_key
 from manas_infer.errors import InputProblem
 
 log = logging.getLogger("manas_infer.node.intake")
@@ -170,6 +172,17 @@ class Intake:
             )
             return status(refused.code, refused.reason)
         except Exception as exc:  # a bug or an OS error must not kill the association
+            if is_disk_full(exc):  # nothing was kept: the temporary file is removed
+                with self._lock:
+                    self.counts["refused"] += 1
+                log.error(
+                    "spool disk full storing instance %s from %s: answered 0xA700 (free space "
+                    "in %s; the sender retries)",
+                    sop_uid,
+                    calling,
+                    self.spool.root,
+                )
+                return status(OUT_OF_RESOURCES, "spool disk full")
             log.error(
                 "could not store instance %s from %s (%s); answered 0xA700",
                 sop_uid,
@@ -255,12 +268,42 @@ class Intake:
         if not (0 < rows <= limit and 0 < cols <= limit):
             raise Refused(CANNOT_UNDERSTAND, f"matrix {rows}x{cols} outside 1..{limit}")
         try:
+            # Rescale, position, orientation, spacing: what the HU values and the derived
+            # series depend on. A file that fails here would be a blank or invalid image
+            # at the PACS; it is refused now, with the reason, and never forwarded.
+            check_header(ds, path)
+        except InputProblem as problem:
+            raise Refused(CANNOT_UNDERSTAND, f"bad header: {problem.problem}") from None
+        try:
             read_hu_file(path)
         except InputProblem as problem:
             raise Refused(CANNOT_UNDERSTAND, problem.problem) from None
         except Exception as exc:
             raise Refused(CANNOT_UNDERSTAND, f"pixels unreadable ({type(exc).__name__})") from None
         return ds
+
+    def _refuse_whole(self, record: SeriesRecord, limit: int) -> None:
+        """A series over ``limits.max_slices`` is refused whole (call under its lock): the
+        slices taken before the limit would otherwise go out as a derived series that looks
+        complete. It is failed and recorded; the generation bump drops a result the worker
+        may be computing for it."""
+        record.state = State.FAILED
+        record.generation += 1
+        record.refused_over_limit = limit
+        record.error = f"more than limits.max_slices ({limit}) instances: refused whole"
+        record.note(record.error)
+        self.spool.save(record)
+        self.spool.record_failure(
+            series=record.key, series_uid=record.series_uid, stage="receiving", reason=record.error
+        )
+        log.error(
+            "series %s (key %s) has more than limits.max_slices (%d) instances: the whole "
+            "series is refused and will not be processed or sent (its further instances are "
+            "answered 0xA701; raise the limit and send it again to process it)",
+            record.series_uid,
+            record.key,
+            limit,
+        )
 
     def _accept(self, tmp, ds: Dataset, event, calling: str, sop_uid: str) -> str:
         series_uid = str(ds.SeriesInstanceUID)
@@ -271,8 +314,10 @@ class Intake:
             known = self.spool.instance_path(key, sop_uid).exists()
             if record is not None and known and record.state != State.RECEIVING:
                 return "duplicates"  # already taken into a series that moved on
-            if not known and self.spool.instance_count(key) >= self.config.limits.max_slices:
-                limit = self.config.limits.max_slices
+            limit = self.config.limits.max_slices
+            if not known and self.spool.instance_count(key) >= limit:
+                if record is not None and not record.refused_over_limit:
+                    self._refuse_whole(record, limit)
                 raise Refused(TOO_MANY_SLICES, f"series over limits.max_slices {limit}")
             if record is None:
                 record = SeriesRecord(key, series_uid, calling_ae=calling, calling_host=address)
@@ -287,6 +332,7 @@ class Intake:
                 record.state = State.RECEIVING
                 record.generation += 1
                 record.calling_ae, record.calling_host = calling, address
+                record.refused_over_limit, record.error = 0, None  # the limit was raised
                 record.note(f"new instance while {previous}: receiving again")
                 self.spool.save(record)
                 log.info(

@@ -1,6 +1,8 @@
-"""Which model denoises a series, and where its derived series goes: the config's routing
-rules, first match wins, by calling AE title and by the dose information in the data
-(CTDIvol), with the default model and every destination when no rule matches.
+"""Which model denoises a series, at which strength, and where its derived series goes: the
+config's routing rules, first match wins, by calling AE title and by the dose information in
+the data (CTDIvol). When no rule matches, every destination, and the model and strength the
+series' own measured noise calls for (``manas_infer.runtime.choice``), unless
+``processing.default_model`` names one.
 
 Every model a rule names is resolved when the node starts, so a typo in a model name stops
 the start-up instead of failing the first series at night.
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from manas_infer.data.series import CTSeries
 from manas_infer.dicom_node.config import NodeConfig, Rule
 from manas_infer.runtime import ModelChoice, ModelError, resolve_model
+from manas_infer.runtime.choice import choose, load_levels
+from manas_infer.runtime.strength import DEFAULT_STRENGTH
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class Route:
     rule: str
     destinations: tuple[str, ...]
     why: str
+    strength: float = DEFAULT_STRENGTH  # percent of the estimated noise removed
+    noise_hu: float | None = None  # the measured noise, when the choice measured it
 
 
 def series_ctdivol(series: CTSeries) -> float | None:
@@ -59,6 +65,8 @@ class Router:
     def __init__(self, config: NodeConfig) -> None:
         self.rules = config.routing.rules
         self.all_destinations = tuple(d.name for d in config.destinations)
+        self.strength = config.processing.strength
+        self.automatic = not config.processing.default_model
         problems = []
         self.models: list[ModelChoice] = []
         for i, rule in enumerate(self.rules):
@@ -66,8 +74,13 @@ class Router:
                 self.models.append(resolve_model(rule.model or None, rule.dose))
             except ModelError as exc:
                 problems.append(f"routing.rules[{i}] ({_describe(rule, i)}): {exc}")
+        self.candidates: list[ModelChoice] = []
         try:
             self.default = resolve_model(config.processing.default_model or None)
+            if self.automatic:  # every model the noise can pick, checked (and loaded) now
+                levels = load_levels()
+                names = [m.name for m in levels.models] if levels else []
+                self.candidates = [resolve_model(name) for name in names]
         except ModelError as exc:
             problems.append(f"processing.default_model: {exc}")
         if problems:
@@ -78,24 +91,47 @@ class Router:
     def choices(self) -> list[ModelChoice]:
         """Every model a series can be routed to (each loaded once by the worker)."""
         unique: dict[str, ModelChoice] = {}
-        for choice in [self.default, *self.models]:
+        for choice in [self.default, *self.candidates, *self.models]:
             unique.setdefault(str(choice.path.resolve()), choice)
         return list(unique.values())
 
-    def choose(self, calling_ae: str, ctdivol: float | None) -> Route:
+    def choose(
+        self, calling_ae: str, ctdivol: float | None, series: CTSeries | None = None
+    ) -> Route:
+        """The route for a series; ``series`` is read (a few slices) only when no rule
+        matches and the model is chosen from its measured noise."""
         dose = "no CTDIvol" if ctdivol is None else f"CTDIvol {ctdivol:.2f} mGy"
         for i, (rule, model) in enumerate(zip(self.rules, self.models, strict=True)):
             if _matches(rule, calling_ae, ctdivol):
                 name = _describe(rule, i)
+                strength = rule.strength if rule.strength is not None else self.strength
+                strength = DEFAULT_STRENGTH if strength is None else strength
                 return Route(
                     model,
                     name,
                     tuple(rule.destinations) or self.all_destinations,
-                    f"rule {name!r} matched (calling AE {calling_ae or '?'}, {dose})",
+                    f"rule {name!r} matched (calling AE {calling_ae or '?'}, {dose}): "
+                    f"{model.name}, strength {strength:g} %",
+                    strength,
                 )
+        unmatched = f"no rule matched (calling AE {calling_ae or '?'}, {dose})"
+        if not self.automatic:
+            strength = DEFAULT_STRENGTH if self.strength is None else self.strength
+            return Route(
+                self.default,
+                "default",
+                self.all_destinations,
+                f"{unmatched}: processing.default_model {self.default.name}, "
+                f"strength {strength:g} %",
+                strength,
+            )
+        choice = choose(series, strength=self.strength)
+        noise = None if choice.noise is None else choice.noise.sd_hu
         return Route(
-            self.default,
+            choice.model,
             "default",
             self.all_destinations,
-            f"no rule matched (calling AE {calling_ae or '?'}, {dose}): default model",
+            f"{unmatched}: {choice.why}",
+            choice.strength,
+            noise,
         )

@@ -25,7 +25,7 @@ from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
 from manas_infer.data.series import CT_IMAGE_STORAGE
 from manas_infer.dicom_node.config import Destination, NodeConfig
-from manas_infer.dicom_node.spool import DestState, SeriesRecord, Spool, State
+from manas_infer.dicom_node.spool import DestState, SeriesRecord, Spool, State, is_disk_full
 
 log = logging.getLogger("manas_infer.node.sender")
 
@@ -134,9 +134,27 @@ class Sender(threading.Thread):
                     continue
                 self.wake.wait(min(max(delay, 0.05), 1.0) if waiting else 1.0)
                 self.wake.clear()
-            except Exception:
-                log.exception("sender %s error; continuing in 5 s", self.dest.name)
-                self.stop.wait(5)
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    log.exception("sender %s error; continuing in 5 s", self.dest.name)
+                    self.stop.wait(5)
+                    continue
+                # The journal or a record could not be written: nothing is lost (an
+                # instance accepted but not journalled is sent again, the PACS keeps one),
+                # so wait for space with the destination's back-off, without a restart.
+                self.consecutive_failures += 1
+                settings = self.config.sending
+                wait = min(
+                    settings.retry_initial * 2 ** (self.consecutive_failures - 1),
+                    settings.retry_max,
+                )
+                self.retry_at = time.time() + wait
+                log.warning(
+                    "sender %s: spool disk full (%s); retrying in %.1f s",
+                    self.dest.name,
+                    getattr(exc, "strerror", None) or exc,
+                    wait,
+                )
 
     def send_series(self, key: str) -> Outcome:
         record = self.spool.get(key)

@@ -14,6 +14,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from manas_infer.dicom_node.config import NodeConfig
+from manas_infer.dicom_node.guard import GuardedServer, GuardSettings, known_host_check
 from manas_infer.dicom_node.intake import STORAGE_CLASSES, TRANSFER_SYNTAXES, Intake
 from manas_infer.dicom_node.routing import Router
 from manas_infer.dicom_node.sender import Sender
@@ -22,6 +23,21 @@ from manas_infer.dicom_node.worker import Worker
 
 log = logging.getLogger("manas_infer.node")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+STOP_WAIT_S = 60.0  # longest wait for the worker and senders to reach a step boundary
+
+
+class _OneLine(logging.Filter):
+    """pynetdicom logs a full traceback for a PDU it cannot decode (a blank calling AE
+    title, junk bytes): anyone on the network could fill the log. Keep the line, with the
+    exception's type and message, and drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith("pynetdicom"):
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
 
 
 class _Reported(logging.Filter):
@@ -49,6 +65,7 @@ def setup_logging(config: NodeConfig) -> None:
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(_Reported())
+        handler.addFilter(_OneLine())
     ours = logging.getLogger("manas_infer")
     for old in list(ours.handlers):
         ours.removeHandler(old)
@@ -66,12 +83,15 @@ def setup_logging(config: NodeConfig) -> None:
 
 
 def server_tls(config: NodeConfig) -> ssl.SSLContext | None:
+    """The node's TLS context, TLS 1.2 at least; the handshake itself runs in the
+    connection's thread under ``node.handshake_timeout`` (see ``guard``)."""
     t = config.tls
     if not t.enabled:
         return None
     ctx = ssl.create_default_context(
         ssl.Purpose.CLIENT_AUTH, cafile=str(t.ca_certificates) if t.ca_certificates else None
     )
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(t.certificate), str(t.private_key))
     if t.require_client_certificate:
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -94,6 +114,36 @@ def build_ae(config: NodeConfig) -> AE:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     return ae
+
+
+def start_scp(config: NodeConfig, intake: Intake) -> GuardedServer:
+    """Listen, behind the door of ``guard``: pynetdicom's threaded server (made through
+    ``AE.make_server`` with our server class), served from a daemon thread as
+    ``AE.start_server(block=False)`` does. Raises OSError when the port cannot be bound."""
+    node = config.node
+    ae = build_ae(config)
+    allowed = config.security
+    settings = GuardSettings(
+        ae_title=node.ae_title,
+        handshake_timeout=node.handshake_timeout,
+        max_pending=node.max_pending_connections,
+        max_associations=node.max_associations,
+        is_allowed=intake.is_allowed,
+        is_known_host=known_host_check([a.host for a in allowed.allowed], allowed.allow_any),
+    )
+    server = ae.make_server(
+        (node.host, node.port),
+        ssl_context=server_tls(config),
+        evt_handlers=intake.handlers(),
+        server_class=GuardedServer,
+        settings=settings,
+    )
+    ae._servers.append(server)  # AssociationServer.shutdown() removes itself from this list
+    thread = threading.Thread(
+        target=server.serve_forever, name=f"manas-node-acceptor-{node.port}", daemon=True
+    )
+    thread.start()
+    return server
 
 
 class Node:
@@ -122,14 +172,8 @@ class Node:
             log.info("recovered: %s", note)
         for choice in self.router.choices():  # load every routed model once, now
             self.worker.denoiser(choice)
-        ae = build_ae(c)
-        self.server = ae.start_server(
-            (c.node.host, c.node.port),
-            block=False,
-            evt_handlers=self.intake.handlers(),
-            ssl_context=server_tls(c),
-        )
-        self.ae = ae
+        self.server = start_scp(c, self.intake)
+        self.ae = self.server.ae
         self.worker.start()
         for sender in self.senders.values():
             sender.start()
@@ -190,9 +234,11 @@ class Node:
         self.worker.wake.set()
         for sender in self.senders.values():
             sender.wake.set()
+        # The worker stops between slices; a slice on a busy CPU can take several seconds,
+        # and leaving the interpreter under a running onnxruntime call aborts the process.
         for thread in [self.worker, *self.senders.values()]:
             if thread.is_alive():
-                thread.join(timeout=max(5.0, deadline - time.monotonic()))
+                thread.join(timeout=max(STOP_WAIT_S, deadline - time.monotonic()))
         counts: dict[str, int] = {}
         for record in self.spool.records():
             counts[record.state] = counts.get(record.state, 0) + 1

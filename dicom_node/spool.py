@@ -18,8 +18,10 @@ per-series locks here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -31,6 +33,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from manas_infer.data.derived import fsync_dir
+
+log = logging.getLogger("manas_infer.node.spool")
 
 STATE_FILE = "state.json"
 HISTORY_LENGTH = 30
@@ -68,12 +72,36 @@ def instance_file_name(sop_uid: str) -> str:
 def write_atomically(path: Path, data: bytes) -> None:
     """Temporary file beside ``path``, fsync, rename, fsync the folder: all or nothing."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave the half-written copy
+        raise
     fsync_dir(path.parent)
+
+
+def _disk_full_reason(exc: BaseException | None) -> str:
+    """The OS's words for the full disk (not the wrapping message with its long path)."""
+    cause = exc
+    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+        cause = cause.__cause__ or cause.__context__
+    return cause.strerror if isinstance(cause, OSError) else str(exc)
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether an error is (or was caused by) a full disk or quota: transient, unlike the
+    other OS errors. Follows the cause chain (the series writer wraps its OSError)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 @dataclass
@@ -109,6 +137,9 @@ class SeriesRecord:
     destinations: dict[str, DestinationProgress] = field(default_factory=dict)
     error: str | None = None
     history: list[list] = field(default_factory=list)
+    retry_after: float = 0.0  # queued but not before this time (after a full disk)
+    disk_full_retries: int = 0
+    refused_over_limit: int = 0  # limits.max_slices when the series was refused whole
 
     def note(self, text: str) -> None:
         """Add an event to the series' short history (shown by node-status)."""
@@ -202,6 +233,52 @@ class Spool:
             change(record)
             self.save(record)
             return record
+
+    def due(self, state: str, now: float | None = None) -> list[SeriesRecord]:
+        """Records in ``state`` whose back-off (``retry_after``) has passed, oldest first."""
+        now = time.time() if now is None else now
+        return [r for r in self.records(state) if r.retry_after <= now]
+
+    def requeue_disk_full(
+        self, key: str, generation: int, exc: BaseException, initial: float, most: float
+    ) -> float | None:
+        """A full disk while processing: the series goes back to the queue, with an
+        exponential back-off, and what it had half-written is removed. Returns the wait.
+
+        If even its record cannot be saved, the change is kept in memory only: the record
+        on disk says "processing", which the next start-up queues again anyway."""
+        with self.lock(key):
+            record = self.get(key)
+            if record is None:
+                return None
+            folder = self.series_dir(key)
+            for junk in folder.glob(".derived.partial-*"):
+                shutil.rmtree(junk, ignore_errors=True)
+            for junk in folder.glob(".*.tmp-*"):
+                junk.unlink(missing_ok=True)
+            wait = min(initial * 2**record.disk_full_retries, most)
+            if record.generation == generation:  # not reopened by new instances meanwhile
+                record.state = State.QUEUED
+            record.disk_full_retries += 1
+            record.retry_after = time.time() + wait
+            reason = _disk_full_reason(exc)
+            record.note(f"disk full while processing ({reason}); queued again, retry in {wait:g} s")
+            try:
+                self.save(record)
+            except OSError as again:
+                if not is_disk_full(again):
+                    raise
+                record.updated = time.time()
+                self._records[key] = SeriesRecord.from_json(asdict(record))
+        log.warning(
+            "series %s: spool disk full while processing (%s); nothing was sent, the series "
+            "is queued again and retried in %g s (free space in %s)",
+            key,
+            reason,
+            wait,
+            self.root,
+        )
+        return wait
 
     def known_derived(self, series_uid: str) -> bool:
         """Whether a series UID is one this node produced (its output routed back)."""

@@ -1,6 +1,7 @@
 """The worker: finds series that stopped growing (stable age), denoises each with the model
-its route names, writes the derived series with the one writer (``denoise_series``), and
-hands it to the senders. One thread, one series at a time, one loaded model per name.
+and strength its route names (when no rule matches, the ones its measured noise calls for),
+writes the derived series with the one writer (``denoise_series``), and hands it to the
+senders. One thread, one series at a time, one loaded model per name.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from manas_infer.data.series import scan
 from manas_infer.denoise import denoise_series
 from manas_infer.dicom_node.config import NodeConfig
 from manas_infer.dicom_node.routing import Route, Router, series_ctdivol
-from manas_infer.dicom_node.spool import DestinationProgress, SeriesRecord, Spool, State
+from manas_infer.dicom_node.spool import (
+    DestinationProgress,
+    SeriesRecord,
+    Spool,
+    State,
+    is_disk_full,
+)
 from manas_infer.errors import InputProblem
 from manas_infer.runtime import Denoiser, ModelChoice
 
@@ -54,8 +61,11 @@ class Worker(threading.Thread):
         while not self.stop.is_set():
             try:
                 worked = self.tick()
-            except Exception:
-                log.exception("worker error; continuing in 5 s")
+            except Exception as exc:
+                if is_disk_full(exc):  # saving a record: nothing changed, try again later
+                    log.warning("spool disk full (%s); the worker waits 5 s", exc)
+                else:
+                    log.exception("worker error; continuing in 5 s")
                 self.stop.wait(5)
                 continue
             if not worked:
@@ -71,7 +81,7 @@ class Worker(threading.Thread):
             if quiet >= stable_age:
                 self._queue(record.key, quiet)
         self._purge_old(now)
-        queued = self.spool.records(State.QUEUED)
+        queued = self.spool.due(State.QUEUED, now)  # not those waiting out a full disk
         if not queued or self.stop.is_set():
             return False
         self.process(queued[0].key)
@@ -112,7 +122,15 @@ class Worker(threading.Thread):
             record.state = State.PROCESSING
             record.note("processing")
             self.spool.save(record)
-        self._process(record, generation)
+        try:
+            self._process(record, generation)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            spool = self.config.spool  # transient: back to the queue, retried with back-off
+            self.spool.requeue_disk_full(
+                key, generation, exc, spool.disk_full_retry_initial, spool.disk_full_retry_max
+            )
 
     def _process(self, record: SeriesRecord, generation: int) -> None:
         key = record.key
@@ -126,13 +144,14 @@ class Worker(threading.Thread):
                 )
                 raise InputProblem(self.spool.incoming_dir(key), reasons)
             series = report.series[0]
-            route = self.router.choose(record.calling_ae, series_ctdivol(series))
+            route = self.router.choose(record.calling_ae, series_ctdivol(series), series)
             denoiser = self.denoiser(route.model)
             log.info(
-                "series %s: denoising %d slices with %s on %s; %s",
+                "series %s: denoising %d slices with %s at strength %g %% on %s; %s",
                 key,
                 series.n_slices,
                 denoiser.name,
+                route.strength,
                 denoiser.provider,
                 route.why,
             )
@@ -142,13 +161,21 @@ class Worker(threading.Thread):
                     raise Parked
 
             result = denoise_series(
-                series, denoiser, self.spool.derived_dir(key), overwrite=True, on_slice=check_stop
+                series,
+                denoiser,
+                self.spool.derived_dir(key),
+                overwrite=True,
+                on_slice=check_stop,
+                strength=route.strength,
+                why=route.why,
             )
         except Parked:
             self._finish(key, generation, lambda r: self._park(r))
             log.info("series %s: parked by the stop; it will be processed after restart", key)
             return
-        except Exception as exc:  # bad input, a model that fails, a full disk: all recorded
+        except Exception as exc:  # bad input, a model that fails: recorded, not retried
+            if is_disk_full(exc):
+                raise  # not the series' fault: process() queues it again
             if isinstance(exc, InputProblem):
                 reason = exc.problem
             else:
@@ -231,6 +258,6 @@ class Worker(threading.Thread):
             record.destinations[name] = progress
         record.state = State.SENDING if route.destinations else State.SENT
         record.note(
-            f"denoised {written.n_slices} slices with {route.model.name} in {seconds:.1f} s "
-            f"({route.why})"
+            f"denoised {written.n_slices} slices with {route.model.name} at strength "
+            f"{route.strength:g} % in {seconds:.1f} s ({route.why})"
         )

@@ -346,20 +346,18 @@ def test_sender_over_tls_verifies_the_destination(processed, tmp_path: Path) -> 
 def intake_server(tmp_path: Path):
     """Start the node's SCP (handlers and contexts, no worker) with the given overrides."""
     from manas_infer.dicom_node.intake import Intake
-    from manas_infer.dicom_node.server import build_ae
+    from manas_infer.dicom_node.server import start_scp
 
     servers = []
 
     def start(*overrides: str) -> tuple[int, Spool]:
         spool_path = json.dumps(str(tmp_path / "spool"))
-        config = load_config(None, [ALLOW, f"spool.path={spool_path}", *overrides])
-        spool = Spool(config.spool.path)
         port = _free_port()
-        servers.append(
-            build_ae(config).start_server(
-                ("127.0.0.1", port), block=False, evt_handlers=Intake(config, spool).handlers()
-            )
+        config = load_config(
+            None, [ALLOW, f"spool.path={spool_path}", f"node.port={port}", *overrides]
         )
+        spool = Spool(config.spool.path)
+        servers.append(start_scp(config, Intake(config, spool)))
         return port, spool
 
     yield start
@@ -401,7 +399,11 @@ def test_limits_max_slices_max_bytes_and_disk_watermark(intake_server) -> None:
     assert again[0] == 0x0000  # a duplicate of an instance it has is still acknowledged
     key = series_key(str(first.SeriesInstanceUID))
     stored = spool.instance_files(key)
-    assert len(stored) == 2 and spool.get(key).state == State.RECEIVING
+    # Refused whole (issue 16, finding 5): the two slices taken never go out as a series
+    # that looks complete.
+    record = spool.get(key)
+    assert len(stored) == 2 and record.state == State.FAILED and record.refused_over_limit == 2
+    assert "refused whole" in record.error and spool.failures()[0]["stage"] == "receiving"
     assert pydicom.dcmread(stored[0]).Rows == 128  # the instance, readable, on disk
     big = _small_series(1)[0]
     big.PixelData = bytes(2 * 256 * 256)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,58 @@ def test_unreadable_volume_is_named(tmp_path: Path) -> None:
     bad.write_bytes(b"not a volume")
     with pytest.raises(InputProblem, match=r"broken\.nii\.gz: cannot be read as a volume"):
         CTVolume(bad)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "problem"),
+    [
+        ("RescaleSlope", "0", "RescaleSlope is 0"),
+        ("RescaleSlope", "NaN", "RescaleSlope is not finite"),
+        ("RescaleSlope", "1e300", "RescaleSlope 1e+300 not plausible"),
+        ("RescaleIntercept", None, "RescaleIntercept missing"),
+        ("ImagePositionPatient", ["0", "NaN", "0"], "ImagePositionPatient is not finite"),
+        ("ImageOrientationPatient", ["1", "0", "0", "0.6", "0.8", "0"], "not orthogonal"),
+        ("ImageOrientationPatient", ["0.5", "0", "0", "0", "1", "0"], "not unit vectors"),
+        ("PixelSpacing", ["0.7", "-0.7"], "PixelSpacing not positive"),
+    ],
+)
+def test_unusable_rescale_or_geometry_refuses_the_series(
+    tmp_path: Path, keyword: str, value: object, problem: str
+) -> None:
+    """Issue 16, finding 3: such headers were read (a slope of 0 as 1, NaN carried into
+    the output) and ``denoise`` wrote blank or invalid images. The one reader refuses the
+    series naming the file; a sound series beside it is still read."""
+    files = copy_slices(CHEST, tmp_path / "bad", 3, start=30)
+    for good in copy_slices(CHEST, tmp_path / "good", 2, start=40):  # a series of its own
+        other = pydicom.dcmread(good)
+        other.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.16"
+        other.save_as(good)
+    ds = pydicom.dcmread(files[1])
+    if value is None:
+        delattr(ds, keyword)
+    else:
+        ds[keyword].value = value
+    ds.save_as(files[1])
+    report = scan(tmp_path)
+    assert [s.folder.name for s in report.series] == ["good"]
+    (found,) = report.problems
+    assert found.path == files[1] and problem in found.problem
+    if keyword.startswith("Rescale"):
+        with pytest.raises(InputProblem, match=re.escape(problem)):
+            read_hu_file(files[1])
+
+
+def test_stored_values_without_rescale_are_hu_only_when_signed(tmp_path: Path) -> None:
+    """Issue 16, finding 3: no RescaleSlope/Intercept at all is read as HU for signed
+    pixels (slope 1, intercept 0) and refused for unsigned ones, never guessed."""
+    (path,) = copy_slices(CHEST, tmp_path, 1, start=30)
+    ds = pydicom.dcmread(path)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    assert int(ds.PixelRepresentation) == 0
+    ds.save_as(path)
+    with pytest.raises(InputProblem, match="unsigned pixels are not HU"):
+        read_hu_file(path)
+    ds.PixelRepresentation = 1
+    ds.save_as(path)
+    stored = pydicom.dcmread(path).pixel_array.astype(np.float32)
+    np.testing.assert_array_equal(read_hu_file(path), stored)

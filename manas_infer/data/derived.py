@@ -23,7 +23,13 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from manas_infer import __version__
-from manas_infer.data.series import CT_IMAGE_STORAGE, CTSeries, sop_class_of
+from manas_infer.data.series import (
+    CT_IMAGE_STORAGE,
+    CTSeries,
+    check_header,
+    rescale_of,
+    sop_class_of,
+)
 from manas_infer.errors import InputProblem
 
 NOT_FOR_DIAGNOSIS = "Not for primary diagnosis"
@@ -131,8 +137,8 @@ def derived_uid(*parts: str) -> str:
 
 def encode_hu(hu: np.ndarray, source: Dataset) -> np.ndarray:
     """HU -> stored values in the source's pixel format, clipped to what it can hold."""
-    slope = float(source.get("RescaleSlope", 1) or 1)
-    intercept = float(source.get("RescaleIntercept", 0) or 0)
+    # The reader's own check: a slope of 0 in the header is refused, never read as 1.
+    slope, intercept = rescale_of(source, Path(str(getattr(source, "filename", "") or "?")))
     bits_stored = int(source.BitsStored)
     if int(source.PixelRepresentation) == 1:
         low, high = -(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1
@@ -155,10 +161,15 @@ def _slice_dataset(
     src = series.slices[index].dataset
     source_sop = series.slices[index].sop_instance_uid
     source_class = sop_class_of(src) or CT_IMAGE_STORAGE
+    # Rescale and geometry are copied as they are: a value the reader would refuse must not
+    # reach the output (callers normally pass series from ``scan``, which checked them).
+    check_header(src, series.slices[index].path)
     ds = Dataset()
     for keyword in _KEEP:
         if keyword in src:
             ds[keyword] = src[keyword]
+    if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
+        ds.RescaleSlope, ds.RescaleIntercept = "1", "0"  # stored values were HU already (Type 1)
     if int(src.BitsAllocated) not in (16, 32):
         raise InputProblem(series.slices[index].path, f"BitsAllocated {src.BitsAllocated}")
 
@@ -301,7 +312,8 @@ def write_series_folder(
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         reason = exc.strerror or str(exc)
-        raise InputProblem(out_dir, f"cannot write the series ({reason})") from None
+        # Chained, so the node can tell a full disk (it waits and retries) from the rest.
+        raise InputProblem(out_dir, f"cannot write the series ({reason})") from exc
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

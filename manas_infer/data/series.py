@@ -167,6 +167,90 @@ class CTSeries:
         )
 
 
+# A CT slope outside this (in magnitude) maps the stored range to nothing a body holds: the
+# fuzzed 1e300 of issue 16, or a slope that rounds every HU to one stored value.
+SLOPE_RANGE = (1e-6, 1e4)
+# Cosines of a unit vector, and of two orthogonal ones, to this tolerance (headers store
+# them as decimal strings of at most 16 characters).
+ORIENTATION_TOLERANCE = 1e-3
+
+
+def _numbers(ds: Dataset, keyword: str, count: int, path: Path) -> np.ndarray | None:
+    """A multi-valued decimal attribute as ``count`` finite floats; None when absent or
+    empty; InputProblem when malformed or not finite."""
+    raw = ds.get(keyword)
+    if raw is None or raw == "" or (hasattr(raw, "__len__") and len(raw) == 0):
+        return None
+    single = isinstance(raw, str | bytes) or not hasattr(raw, "__iter__")
+    values = [raw] if single else list(raw)
+    try:
+        out = np.asarray([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputProblem(path, f"{keyword} is not numeric") from None
+    if out.shape != (count,):
+        raise InputProblem(path, f"{keyword} has {out.size} values, expected {count}")
+    if not np.all(np.isfinite(out)):
+        raise InputProblem(path, f"{keyword} is not finite")
+    return out
+
+
+def rescale_of(ds: Dataset, path: Path) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), checked: both finite, the slope non-zero and of a
+    plausible size. Both absent is read as stored values already in HU (slope 1,
+    intercept 0), but only for signed pixels (unsigned ones cannot hold air's -1000); one
+    without the other is refused. A header value of 0 is never read as 1."""
+    slope = _numbers(ds, "RescaleSlope", 1, path)
+    intercept = _numbers(ds, "RescaleIntercept", 1, path)
+    if slope is None and intercept is None:
+        if int(ds.get("PixelRepresentation", 0) or 0) == 1:
+            return 1.0, 0.0
+        raise InputProblem(path, "no RescaleSlope/Intercept (unsigned pixels are not HU)")
+    if slope is None or intercept is None:
+        missing = "RescaleSlope" if slope is None else "RescaleIntercept"
+        raise InputProblem(path, f"{missing} missing")
+    low, high = SLOPE_RANGE
+    if slope[0] == 0:
+        raise InputProblem(path, "RescaleSlope is 0")
+    if not low <= abs(float(slope[0])) <= high:
+        raise InputProblem(path, f"RescaleSlope {float(slope[0]):g} not plausible")
+    return float(slope[0]), float(intercept[0])
+
+
+def check_geometry(ds: Dataset, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(unit slice normal, ImagePositionPatient), checked: the position finite, the
+    orientation two orthonormal direction cosines, PixelSpacing two positive values."""
+    missing = [
+        k
+        for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+        if not ds.get(k)
+    ]
+    if missing:
+        raise InputProblem(path, f"missing geometry ({', '.join(missing)})")
+    ipp = _numbers(ds, "ImagePositionPatient", 3, path)
+    iop = _numbers(ds, "ImageOrientationPatient", 6, path)
+    spacing = _numbers(ds, "PixelSpacing", 2, path)
+    assert ipp is not None and iop is not None and spacing is not None  # checked above
+    row, col = iop[:3], iop[3:]
+    tol = ORIENTATION_TOLERANCE
+    if abs(np.linalg.norm(row) - 1) > tol or abs(np.linalg.norm(col) - 1) > tol:
+        raise InputProblem(path, "ImageOrientationPatient not unit vectors")
+    if abs(float(np.dot(row, col))) > tol:
+        raise InputProblem(path, "ImageOrientationPatient not orthogonal")
+    if not np.all(spacing > 0):
+        raise InputProblem(path, "PixelSpacing not positive")
+    normal = np.cross(row, col)
+    return normal / np.linalg.norm(normal), ipp
+
+
+def check_header(ds: Dataset, path: Path) -> None:
+    """Every header value the HU conversion and the derived series depend on (rescale,
+    position, orientation, spacing); InputProblem naming the first bad one. The node's
+    intake runs this on each instance and ``scan`` on each slice, so such a file is
+    refused at the door and never reaches a PACS, whichever way it came in."""
+    rescale_of(ds, path)
+    check_geometry(ds, path)
+
+
 def read_hu_file(path: Path) -> np.ndarray:
     """Decode one file's pixels to float32 HU, or raise InputProblem naming the file."""
     try:
@@ -182,8 +266,7 @@ def read_hu_file(path: Path) -> np.ndarray:
         raise InputProblem(path, f"pixel data cannot be decoded ({ts}): {exc}") from None
     if stored.ndim != 2:
         raise InputProblem(path, f"expected one 2-D frame, found pixel array {stored.shape}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = rescale_of(ds, path)
     return stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
@@ -230,21 +313,7 @@ def _read_header(path: Path) -> Dataset | None:
 
 
 def _orientation(ds: Dataset, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    missing = [
-        k
-        for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-        if not ds.get(k)
-    ]
-    if missing:
-        raise InputProblem(path, f"missing geometry ({', '.join(missing)})")
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-    ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-    if iop.shape != (6,) or ipp.shape != (3,):
-        raise InputProblem(path, "malformed geometry (ImageOrientationPatient/Position)")
-    normal = np.cross(iop[:3], iop[3:])
-    if np.linalg.norm(normal) < 1e-3:
-        raise InputProblem(path, "malformed geometry (row and column directions are parallel)")
-    return normal / np.linalg.norm(normal), ipp
+    return check_geometry(ds, path)
 
 
 def _check_series(series_uid: str, items: list[tuple[Path, Dataset]]) -> CTSeries:
@@ -285,6 +354,7 @@ def _check_series(series_uid: str, items: list[tuple[Path, Dataset]]) -> CTSerie
             raise InputProblem(path, "no pixel data")
         if int(ds.get("SamplesPerPixel", 1)) != 1:
             raise InputProblem(path, "not a greyscale image (SamplesPerPixel != 1)")
+        rescale_of(ds, path)
 
     normal, _ = _orientation(ds0, path0)
     slices: list[SliceHeader] = []
