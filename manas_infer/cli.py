@@ -271,10 +271,16 @@ def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the demo's output."),
     dose: float = typer.Option(5.0, help="Dose in percent: 10, 5 or 2.5 (a shipped model)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    strength: float | None = typer.Option(
+        None,
+        min=0,
+        max=100,
+        help="Percent of the estimated noise removed (0-100). Default: as for denoise.",
+    ),
 ) -> None:
     """The main job on the shipped default: a real chest CT series (the synthetic phantom
-    offline) is simulated at low dose, denoised with the shipped model for that dose, and
-    written as derived series with a preview picture."""
+    offline) is simulated at low dose, denoised with the shipped model for that dose at the
+    default strength, and written as derived series with a preview picture."""
     import numpy as np
 
     from manas_infer.data.series import scan
@@ -293,6 +299,7 @@ def demo(
     summary, problems = run_denoise(
         [low_dir], out / f"{low_dir.name}-denoised", None, dose, device, 4,
         out / "preview.png", overwrite=True, reference={str(low_dir.resolve()): normal},
+        strength=strength,
     )  # fmt: skip
     print_denoise_summary(summary)
     if problems or not summary["series"]:
@@ -304,7 +311,8 @@ def demo(
             (("low", low), ("denoised", denoised))}  # fmt: skip
     console.print(
         f"Error against the normal-dose series, inside the body: RMSE {rmse['low']:.1f} HU at "
-        f"{dose:g} % dose -> {rmse['denoised']:.1f} HU denoised"
+        f"{dose:g} % dose -> {rmse['denoised']:.1f} HU denoised "
+        f"(strength {summary['series'][0]['strength_percent']:g} %)"
     )
     console.print(f"Preview picture: [bold]{summary['series'][0]['preview']}[/bold]")
 
@@ -325,34 +333,76 @@ def run_denoise(
     preview: Path | None,
     overwrite: bool,
     reference: dict | None = None,
+    strength: float | None = None,
 ) -> tuple[dict, list[InputProblem]]:
     """Denoise every CT series under ``inputs``; one line per series and per problem.
 
-    ``reference`` maps a source folder to normal-dose HU (the demo), shown in the preview.
+    ``--model``/``--dose`` pick one model for every series; without them each series gets
+    the model and strength its own measured noise calls for (``runtime/choice.py``). An
+    explicit ``strength`` wins either way. ``reference`` maps a source folder to normal-dose
+    HU (the demo), shown in the preview.
     """
     from manas_infer.denoise import denoise_series
     from manas_infer.preview import save_comparison
     from manas_infer.runtime import Denoiser, ModelError, resolve_model
+    from manas_infer.runtime.choice import Choice, choose
+    from manas_infer.runtime.strength import StrengthError, check_strength
 
+    hint = "--model/--dose/--device/--strength"
+    denoisers: dict[str, Denoiser] = {}
+
+    def loaded(choice) -> Denoiser:
+        key = str(choice.path.resolve())
+        if key not in denoisers:
+            try:
+                denoisers[key] = Denoiser(choice, device=device, batch=batch)
+            except (ModelError, ValueError, RuntimeError) as exc:
+                raise typer.BadParameter(str(exc), param_hint=hint) from None
+        return denoisers[key]
+
+    explicit = model is not None or dose is not None
     try:
-        choice = resolve_model(model, dose)
-        denoiser = Denoiser(choice, device=device, batch=batch)
-    except (ModelError, ValueError, RuntimeError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--model/--dose/--device") from None
+        if strength is not None:
+            check_strength(strength)
+        if explicit:  # a wrong name, dose or device stops before anything is read
+            loaded(resolve_model(model, dose))
+    except (ModelError, StrengthError) as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
     found, problems = _scan(inputs)
     if not found and not problems:
         problems.append(InputProblem(inputs[0], "no DICOM CT series found"))
         report_problem(problems[-1])
-    base = out or default_denoise_out(inputs[0], choice.name)
+    choices: list[tuple[object, Choice]] = []
+    for s in found:
+        try:
+            choices.append((s, choose(s, model, dose, strength)))
+        except InputProblem as problem:  # a slice read for the noise estimate is unreadable
+            report_problem(problem)
+            problems.append(problem)
+        except ModelError as exc:
+            raise typer.BadParameter(str(exc), param_hint=hint) from None
+    names = {c.model.name for _, c in choices}
+    named = names.pop() if len(names) == 1 else "auto"
+    base = out or default_denoise_out(inputs[0], resolve_model(model, dose).name if explicit
+                                      else named)  # fmt: skip
     results = []
     with progress() as bar:
-        for s in found:
+        for s, choice in choices:
+            if not explicit:
+                console.print(f"{s.folder}: {choice.why}", soft_wrap=True)
+            denoiser = loaded(choice.model)
             target = base if len(found) == 1 else base / series_folder_name(s)
             task = bar.add_task(f"Denoising {s.description[:30]}", total=s.n_slices)
             started = time.perf_counter()
             try:
                 done = denoise_series(
-                    s, denoiser, target, overwrite, on_slice=lambda n, t=task: bar.advance(t, n)
+                    s,
+                    denoiser,
+                    target,
+                    overwrite,
+                    on_slice=lambda n, t=task: bar.advance(t, n),
+                    strength=choice.strength,
+                    why=choice.why,
                 )
             except InputProblem as problem:
                 report_problem(problem)
@@ -366,6 +416,7 @@ def run_denoise(
                 "slices": done.written.n_slices,
                 "seconds": round(seconds, 2),
                 "slices_per_s": round(done.written.n_slices / seconds, 2),
+                **choice.summary(),
             }
             if preview is not None:
                 png = (
@@ -376,7 +427,8 @@ def run_denoise(
                     )
                 )
                 m = s.n_slices // 2
-                panels = [("Input", done.source[m]), (f"Denoised ({choice.name})", done.output[m])]
+                label = f"Denoised ({choice.model.name}, {choice.strength:g} %)"
+                panels = [("Input", done.source[m]), (label, done.output[m])]
                 normal = (reference or {}).get(str(Path(s.folder).resolve()))
                 if normal is not None:
                     panels.insert(0, ("Normal dose", normal[m]))
@@ -388,12 +440,16 @@ def run_denoise(
                 )
                 result["preview"] = str(png)
             results.append(result)
+    first = next(iter(denoisers.values()), None)
+    chosen = [c for _, c in choices]
+    one_model = len({c.model.name for c in chosen}) == 1
     summary = {
-        "model": choice.name,
-        "model_path": str(choice.path),
-        "model_choice": choice.why,
-        "provider": denoiser.provider,
-        "provider_reason": denoiser.why,
+        "model": chosen[0].model.name if one_model else ("mixed" if chosen else None),
+        "model_path": str(chosen[0].model.path) if one_model else None,
+        "model_choice": chosen[0].model.why if one_model else "noise-based choice per series",
+        "strength_percent": chosen[0].strength if len({c.strength for c in chosen}) == 1 else None,
+        "provider": first.provider if first else None,
+        "provider_reason": first.why if first else None,
         "series": results,
         "problems": [str(p) for p in problems],
         "slices": sum(r["slices"] for r in results),
@@ -405,16 +461,17 @@ def run_denoise(
 def print_denoise_summary(summary: dict) -> None:
     from rich.table import Table
 
-    table = Table(
-        title=f"model {summary['model']} ({summary['model_choice']}) on {summary['provider']}"
-    )
-    for column in ("series", "slices", "seconds", "slices/s", "output"):
+    table = Table(title=f"{summary['model']} ({summary['model_choice']}) on {summary['provider']}")
+    for column in ("series", "model", "strength", "noise HU", "slices", "slices/s", "output"):
         table.add_column(column, overflow="fold")
     for r in summary["series"]:
+        noise = r["measured_noise_hu"]
         table.add_row(
             Path(r["source"]).name,
+            r["model"],
+            f"{r['strength_percent']:g} %",
+            "-" if noise is None else f"{noise:.1f}",
             str(r["slices"]),
-            f"{r['seconds']:.1f}",
             f"{r['slices_per_s']:.2f}",
             r["output"],
         )
@@ -434,12 +491,28 @@ def denoise(
         None, help="Model name in models/ or a path to an .onnx file; wins over --dose."
     ),
     dose: float | None = typer.Option(
-        None, help="Pick the shipped model for this dose: 10, 5 or 2.5 (percent)."
+        None,
+        help="Pick the shipped model for this dose: 10, 5 or 2.5 (percent). Without --model "
+        "and --dose each series' own noise is measured (soft tissue) and picks the model and "
+        "strength: a normal-dose series is left (almost) unchanged; the output says what was "
+        "picked and why.",
+    ),
+    strength: float | None = typer.Option(
+        None,
+        min=0,
+        max=100,
+        help="Percent of the estimated noise removed, 0-100 (as vendors' DL reconstruction "
+        "levels): 0 returns the input, 100 the network's output. Default with --model/--dose: "
+        "90 %: on whole slices of six real series at simulated 10/5/2.5 % dose it never costs "
+        "more than 16 % extra error against the full dose over each series' best strength "
+        "(100 %: 24 %, on a held-out chest the networks over-smooth; 70 %: 55 %) "
+        "(bench/results/noise-choice.md). Without them: fitted to the measured noise, at most "
+        "90 %.",
     ),
     out: Path | None = typer.Option(
         None,
-        help="Output folder. Default: a sibling, INPUT-denoised-MODEL. Several series "
-        "go into one sub-folder each.",
+        help="Output folder. Default: a sibling, INPUT-denoised-MODEL (MODEL 'auto' when "
+        "series got different models). Several series go into one sub-folder each.",
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or tensorrt."),
     batch: int = typer.Option(4, min=1, help="Slices per inference call."),
@@ -449,10 +522,12 @@ def denoise(
     overwrite: bool = typer.Option(False, help="Replace output folders that exist."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
-    """Denoise every CT series in a folder with the shipped (or a given) model and write each
-    as a derived DICOM series, next to the input unless --out says otherwise."""
+    """Denoise every CT series in a folder with the shipped model that fits its measured noise
+    (or a given model or dose) and write each as a derived DICOM series, next to the input
+    unless --out says otherwise. Every series keeps its CT numbers: the very-low-frequency
+    part of what the network removes is put back (the bias guard)."""
     summary, problems = run_denoise(
-        [series_dir], out, model, dose, device, batch, preview, overwrite
+        [series_dir], out, model, dose, device, batch, preview, overwrite, strength=strength
     )
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -538,7 +613,17 @@ class PresetName(StrEnum):
     auto = "auto"
     paper = "paper"
     small = "small"
+    cpu_long = "cpu-long"
     tiny = "tiny"
+
+
+def _gain_range(text: str) -> tuple[float, float]:
+    """'0.4,3.0' -> (0.4, 3.0); a ValueError naming the option otherwise."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--noise-gain takes LOW,HIGH (e.g. 0.4,3.0), got {text!r}") from None
+    return low, high
 
 
 class ArchName(StrEnum):
@@ -563,7 +648,9 @@ def train(
     preset: PresetName = typer.Option(
         PresetName.auto,
         help="paper: L=12 D=4 K=5 P=3, 200 epochs, batch 2, 256x256 (a GPU); "
-        "small: a real search and retrain in minutes on a CPU; tiny: seconds, for checks; "
+        "small: a real search and retrain in minutes on a CPU; cpu-long: retrain for ~20 min "
+        "on a CPU on 96x96 patches of every slice (with --genotype from a small search); "
+        "tiny: seconds, for checks; "
         "auto: paper on a GPU, small otherwise.",
     ),
     test_patient: list[str] = typer.Option(
@@ -580,6 +667,12 @@ def train(
     vgg_weights: Path | None = typer.Option(
         None, help="torchvision's vgg16-397923af.pth; default: the torch hub cache."
     ),
+    ssim_weight: float = typer.Option(
+        0.0, help="Weight of a 1 - SSIM term in the soft-tissue window (texture); 0: off."
+    ),
+    edge_weight: float = typer.Option(
+        0.0, help="Weight of an MSE term on finite differences (edges); 0: off."
+    ),
     fresh_noise: bool = typer.Option(
         False, help="Draw a new low-dose noise realisation for every batch, on the device."
     ),
@@ -587,14 +680,26 @@ def train(
     augment: bool = typer.Option(
         True,
         help="Random orientation, sharpness (unsharp mask 0-8), contrast (x0.5-2 about air) "
-        "and noise level (x0.4-1.4) of each training pair, so the net transfers to other "
-        "reconstructions, anatomy and patient sizes.",
+        "and noise level (see --noise-gain) of each training pair, so the net transfers to "
+        "other reconstructions, anatomy and patient sizes.",
+    ),
+    noise_gain: str = typer.Option(
+        "0.4,3.0",
+        help="LOW,HIGH: range of the augmentation's noise gain (log-uniform); gain t is the "
+        "noise of dose/t^2. The default spans a head to a large abdomen at one nominal dose.",
     ),
     genotype: Path | None = typer.Option(
         None,
         help="Skip the search and retrain this architecture (a run's genotype.json), e.g. "
         "on your own data.",
     ),
+    init_weights: Path | None = typer.Option(
+        None,
+        help="Fine-tune: start the retraining from this run's weights (a run directory or "
+        "its checkpoints/best.pt) instead of from scratch; its architecture is used, so "
+        "no search. How the shipped 10 and 2.5 % models are made from the 5 % one.",
+    ),
+    lr: float | None = typer.Option(None, help="Override the preset's learning rate."),
     seed: int = typer.Option(0, help="Seed: the same seed and data give the same run."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on CUDA)."),
     runs: Path = typer.Option(Path("runs"), help="Folder that holds run directories."),
@@ -604,7 +709,8 @@ def train(
     resume: Path | None = typer.Option(
         None,
         help="Continue a run directory exactly where it stopped (other options are "
-        "taken from its config.json).",
+        "taken from its config.json, except --data and --cache: where the same data and "
+        "cache are on this machine, for a run copied from another).",
     ),
 ) -> None:
     """Search a MANAS denoiser for a dose, derive it, retrain it from scratch and evaluate
@@ -614,13 +720,22 @@ def train(
     from manas_infer.train.augment import Augmentation
     from manas_infer.train.distributed import init_distributed, shutdown
     from manas_infer.train.presets import PRESETS, check_depth_fits
-    from manas_infer.train.run import RunConfig, Trainer, create_run, load_run_config
+    from manas_infer.train.run import (
+        RunConfig,
+        Trainer,
+        create_run,
+        load_run_config,
+        moved_run,
+        weights_file,
+    )
 
     torch_device = _device(device)
     try:
         if resume is not None:
             config = load_run_config(resume)
             folder = resume
+            if data is not None or cache is not None:  # the run moved to another machine
+                config = moved_run(folder, config, data, cache)
         else:
             if dose <= 0 or dose > 100:
                 raise ValueError(f"dose must be in (0, 100] percent, got {dose:g}")
@@ -634,9 +749,22 @@ def train(
                 retrain_epochs=retrain_epochs,
                 batch=batch,
                 max_slices_per_patient=max_slices,
+                lr=lr,
             )
             chosen.check()
             given = None
+            start = None
+            if init_weights is not None:
+                from manas_infer.train.run import read_weights
+
+                start = read_weights(init_weights)
+                if genotype is not None:
+                    raise ValueError("--init-weights brings its own architecture; drop --genotype")
+                if start.get("arch", "manas") != arch.value:
+                    raise ValueError(
+                        f"{init_weights} holds a {start.get('arch', 'manas')} network, not "
+                        f"--arch {arch.value}"
+                    )
             if genotype is not None and arch != ArchName.manas:
                 raise ValueError(
                     f"--genotype is a MANAS architecture; --arch {arch.value} has none"
@@ -654,11 +782,14 @@ def train(
                 test_patients=tuple(test_patient),
                 seed=seed,
                 perceptual_weight=perceptual_weight,
+                ssim_weight=ssim_weight,
+                edge_weight=edge_weight,
                 vgg_weights=str(vgg_weights) if vgg_weights else None,
                 fresh_noise=fresh_noise,
                 n_views=views,
-                augment=Augmentation().to_dict() if augment else None,
-                genotype=given.to_json() if given is not None else None,
+                augment=Augmentation(noise=_gain_range(noise_gain)).to_dict() if augment else None,
+                genotype=given.to_json() if given is not None else start and start["genotype"],
+                init_weights=str(weights_file(init_weights)) if init_weights else None,
                 arch=arch.value,
             )
             _dose_settings(dose, views, "insertion")
@@ -769,14 +900,32 @@ def export(
 @app.command()
 def evaluate(
     methods: list[str] = typer.Argument(
-        ...,
+        None,
         help="Run directories (MANAS, RED-CNN, DnCNN) and/or models (a name in models/ or "
         "a .onnx path) to compare.",
     ),
     data: Path | None = typer.Option(
         None,
         help="Full-dose CT series to test on (low dose simulated at --dose, or the real "
-        "low-dose series given with --low). Default: the first run's held-out test split.",
+        "low-dose series given with --low). Default: the first run's held-out test split. "
+        "With --phantom: the LCD-CT phantom folder.",
+    ),
+    phantom: bool = typer.Option(
+        False,
+        "--phantom",
+        help="Run the CT physicist's battery on the FDA LCD-CT phantom (MITA CCT189) instead "
+        "of patient pairs: noise SD and NPS, TTF of the phantom's edge and rods, and a "
+        "channelized Hotelling observer's AUC per rod with 95 % intervals, at each of the "
+        "phantom's own doses, for the input, BM3D and every run or model given. An option "
+        "of evaluate rather than a command of its own because it is the same comparison "
+        "(same methods, same runtime, same report folder) on a test object whose ground truth "
+        "and doses come with it, so --dose and --low do not apply. The folder: --data, "
+        "default ../shared/data/phantom/lcd-ct when present.",
+    ),
+    physics: bool = typer.Option(
+        True,
+        help="Add noise SD, noise power spectra (uniform soft tissue) and the TTF of the body "
+        "outline to the report of patient pairs.",
     ),
     dose: float | None = typer.Option(None, help="Dose in percent to simulate on --data."),
     low: Path | None = typer.Option(
@@ -805,10 +954,16 @@ def evaluate(
     """Compare denoisers as the paper's Tables 2-3 and Fig. 3 do: PSNR, SSIM (full range
     and soft-tissue window) and the perceptual metric, mean +- SD, for the low-dose input,
     BM3D and every run or model given, with parameters, FLOPs, time per slice and
-    side-by-side pictures, in a report folder (report.md, metrics.json, PNGs)."""
+    side-by-side pictures, and as a CT physicist does (noise power spectrum, edge TTF;
+    with --phantom also low-contrast detectability), in a report folder (report.md,
+    metrics.json, PNGs)."""
     import manas_infer.evaluate as evaluation
     from manas_infer.runtime import ModelError
 
+    methods = methods or []
+    if phantom:
+        _evaluate_phantom(methods, data, dose, low, bm3d, bm3d_sigma, device, out)
+        return
     if low is not None and data is None:
         raise typer.BadParameter("--low needs the full-dose series in --data", param_hint="--low")
     if data is not None and low is None and dose is None:
@@ -853,6 +1008,7 @@ def evaluate(
                 settings={"dose_percent": dose, "seed": seed, "views": views,
                           "device": torch_device.type, "bm3d_sigma": bm3d_sigma},
                 on_step=lambda name: bar.update(steps, advance=1, description=f"Evaluating {name}"),
+                physics=physics,
             )  # fmt: skip
     except InputProblem as problem:
         report_problem(problem, "refused")
@@ -875,6 +1031,68 @@ def evaluate(
                   soft_wrap=True)  # fmt: skip
     if pairs.problems:
         raise typer.Exit(1)
+
+
+def _evaluate_phantom(
+    methods: list[str],
+    folder: Path | None,
+    dose: float | None,
+    low: Path | None,
+    bm3d: bool,
+    bm3d_sigma: float | None,
+    device: str,
+    out: Path | None,
+) -> None:
+    """``evaluate --phantom``: the physicist's battery on the LCD-CT phantom alone."""
+    import manas_infer.evaluate as evaluation
+    from manas_infer.runtime import ModelError
+
+    if dose is not None or low is not None:
+        raise typer.BadParameter("--phantom brings its own doses: no --dose or --low",
+                                 param_hint="--phantom")  # fmt: skip
+    folder = folder or evaluation.default_phantom_dir()
+    if folder is None:
+        raise typer.BadParameter("no LCD-CT phantom found at ../shared/data/phantom/lcd-ct: "
+                                 "give its folder with --data", param_hint="--data")  # fmt: skip
+    try:
+        lcd = evaluation.load_lcd_phantom(folder)
+        rows = [evaluation.method_for(m, device) for m in methods]
+    except InputProblem as problem:
+        report_problem(problem, "refused")
+        raise typer.Exit(1) from None
+    except (ModelError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]cannot evaluate:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if bm3d:
+        rows.append(evaluation.bm3d_method(bm3d_sigma))
+    report = out or Path("reports") / time.strftime("phantom-%Y%m%d-%H%M%S")
+    with progress() as bar:
+        steps = bar.add_task("Phantom battery", total=len(lcd.doses) * (len(rows) + 1))
+        metrics = evaluation.evaluate_phantom(
+            lcd, rows, report,
+            settings={"device": _device(device).type, "bm3d_sigma": bm3d_sigma},
+            on_step=lambda name: bar.update(steps, advance=1, description=f"Phantom: {name}"),
+        )  # fmt: skip
+    from rich.table import Table
+
+    battery = metrics["lcd"]
+    labels = [i["label"] for i in battery["phantom"]["inserts"]]
+    table = Table(title=f"LCD phantom {folder}: CHO AUC per rod")
+    for column in ("dose", "method", "noise SD", "NPS mean f", "edge f50", *labels):
+        table.add_column(column)
+    for r in battery["rows"]:
+        table.add_row(
+            f"{r['dose_percent']} %", r["method"], f"{r['nps']['sd_hu']:.1f}",
+            f"{r['nps']['mean_frequency']:.3f}", f"{r['ttf_outline']['f50'] or float('nan'):.3f}",
+            *(f"{r['cho'][i]['auc']:.2f}" + {"raises": " +", "lowers": " -"}.get(
+                r["cho"][i].get("vs_input", {}).get("verdict", ""), "") for i in labels),
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"[green]report[/green] {report / 'report.md'} (frequencies in mm^-1; "
+        "+ / -: AUC significantly above / below the input's)",
+        soft_wrap=True,
+    )
 
 
 @app.command()
