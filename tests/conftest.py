@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +87,31 @@ def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     folder = create_run(base / "runs", config)
     Trainer(folder, config, DistContext(torch.device("cpu"))).run()
     return folder
+
+
+# Real DICOM peers on loopback: shared by the node tests.
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
+    if path is None:
+        pytest.skip(f"{name} not installed (scripts/install-system-tools.sh installs it)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 60, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

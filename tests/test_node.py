@@ -16,12 +16,11 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import CHEST, J2K, copy_slices, dciodvfy_errors, need
+from conftest import CHEST, J2K, copy_slices, dciodvfy_errors, free_port, need, tool, wait_for
 from pydicom.data import get_testdata_file
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -43,31 +42,6 @@ PATIENT = {"PatientName": "Quixote^Zebulon", "PatientID": "PID-739184",
            "PatientBirthDate": "19370412"}  # fmt: skip
 LOGS: list[Path] = []  # every node log of this module, searched by the last test
 SENT_PATIENT_VALUES: set[str] = set(PATIENT.values())
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name) or (
-        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-    )
-    if path is None:
-        pytest.skip(f"{name} not installed")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 60, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def toml(config: dict) -> str:

@@ -19,11 +19,12 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import free_port, tool, wait_for
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
@@ -34,29 +35,6 @@ from manas_infer.dicom_node.server import Node, setup_logging
 from manas_infer.dicom_node.spool import State, series_key
 
 NODE_AET = "MANAS"
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} not installed (scripts/install-system-tools.sh installs it)")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(what: str, check: Callable[[], object], timeout: float, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def _series(folder: Path, count: int) -> str:
@@ -103,7 +81,7 @@ def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     stack = contextlib.ExitStack()
 
     def start(*overrides: str, load_models: bool = False) -> tuple[Node, Path]:
-        port = _free_port()
+        port = free_port()
         spool = json.dumps(str(tmp_path / "spool"))
         config = load_config(None, [
             f"node.port={port}", f"node.ae_title={NODE_AET}", f"spool.path={spool}",
@@ -128,7 +106,7 @@ def _storescu(port: int, folder: Path, *extra: str, timeout: float = 30) -> tupl
     started = time.monotonic()
     try:
         out = subprocess.run(
-            [_tool("storescu"), "-aet", "STORESCU", "-aec", NODE_AET, *extra, "+sd", "+r",
+            [tool("storescu"), "-aet", "STORESCU", "-aec", NODE_AET, *extra, "+sd", "+r",
              "127.0.0.1", str(port), str(folder)],
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
@@ -142,7 +120,7 @@ def _spooled(n: Node, series_uid: str) -> int:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run([_tool("openssl"), *args], cwd=cwd, check=True, capture_output=True)
+    subprocess.run([tool("openssl"), *args], cwd=cwd, check=True, capture_output=True)
 
 
 def _certificates(folder: Path) -> Path:
@@ -198,7 +176,7 @@ def test_idle_tcp_and_stalled_tls_clients_do_not_block_a_tls_storescu(node, tmp_
     """Finding 1: with TLS on, an idle TCP connection and a client stalled inside its TLS
     handshake held pynetdicom's accept step; a legitimate TLS storescu hung until they
     closed. Now the handshake runs in the connection's thread with a deadline."""
-    storescu = _tool("storescu")
+    storescu = tool("storescu")
     certs = _certificates(tmp_path / "certs")
     n, log_file = node(
         'security.allowed=[{ae_title="STORESCU", host="127.0.0.1"}]',
@@ -220,7 +198,7 @@ def test_idle_tcp_and_stalled_tls_clients_do_not_block_a_tls_storescu(node, tmp_
         assert seconds < 10, f"storescu over TLS took {seconds:.1f} s"
         assert _spooled(n, series_uid) == 3
         # The stalled ones are dropped after node.handshake_timeout (5 s), one line each.
-        text = _wait_for(
+        text = wait_for(
             "the stalled connections to be dropped",
             lambda: (t := log_file.read_text()).count("no TLS handshake within 5 s") == 2 and t,
             timeout=15,
@@ -258,7 +236,7 @@ def test_junk_connections_take_no_association_slot_and_log_one_line_each(
         assert "Local Limit Exceeded" not in output
         assert seconds < 5, f"the legitimate association took {seconds:.1f} s under junk load"
         assert _spooled(n, series_uid) == 3
-        _wait_for(
+        wait_for(
             "the silent connections to be dropped",
             lambda: log_file.read_text().count("no association request within 5 s") >= 5,
             timeout=20,
@@ -329,7 +307,7 @@ class Destination:
     """A pynetdicom Storage SCP that counts what it gets (by SOP instance UID)."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.received: list[str] = []
         ae = AE(ae_title="DEST")
         ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -400,9 +378,9 @@ def test_a_disk_full_during_denoising_is_waited_out_without_a_restart(
             record = n.spool.get(key)
             return record is not None and record.state == State.PROCESSING
 
-        _wait_for("denoising to start", processing, timeout=60, every=0.005)
+        wait_for("denoising to start", processing, timeout=60, every=0.005)
         filler = _fill(small_disk)
-        _wait_for(
+        wait_for(
             "the full disk to be noticed",
             lambda: "spool disk full" in log_file.read_text(),
             timeout=180,
@@ -413,8 +391,8 @@ def test_a_disk_full_during_denoising_is_waited_out_without_a_restart(
         assert n.spool.failures() == []  # not a permanent failure
         assert not list(n.spool.series_dir(key).glob(".derived.partial-*"))
         filler.unlink()
-        _wait_for("the series to be delivered", lambda: len(dest.received) == 4, timeout=180)
-        _wait_for("the record to say sent", lambda: n.spool.get(key).state == State.SENT, 30)
+        wait_for("the series to be delivered", lambda: len(dest.received) == 4, timeout=180)
+        wait_for("the record to say sent", lambda: n.spool.get(key).state == State.SENT, 30)
         assert len(set(dest.received)) == 4
         assert "worker error" not in log_file.read_text()
     finally:
@@ -511,7 +489,7 @@ def test_a_full_disk_while_journalling_is_retried_by_the_sender(
     caplog.set_level(logging.INFO, logger="manas_infer")
     sender.start()
     try:
-        _wait_for("the series to be sent", lambda: spool.get(key).state == State.SENT, 30)
+        wait_for("the series to be sent", lambda: spool.get(key).state == State.SENT, 30)
     finally:
         stop.set()
         sender.wake.set()
