@@ -14,6 +14,16 @@ import numpy as np
 Curve = tuple[str, list[float], list[float]]  # (label, frequency, value)
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as a 90 dpi PNG (its folder made if needed) and close: every figure
+    of an evaluation report ends this way."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _style(label: str) -> dict:
     if label.startswith("full dose"):
         return {"color": "black", "lw": 2.0, "ls": "--"}
@@ -40,11 +50,7 @@ def nps_figure(path: Path, curves: list[Curve], title: str, unit: str) -> Path:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def ttf_figure(path: Path, panels: list[tuple[str, list[Curve]]], unit: str) -> Path:
@@ -61,11 +67,7 @@ def ttf_figure(path: Path, panels: list[tuple[str, list[Curve]]], unit: str) -> 
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("TTF")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def auc_figure(path: Path, lcd: dict) -> Path:
@@ -100,8 +102,4 @@ def auc_figure(path: Path, lcd: dict) -> Path:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("CHO AUC (95 % CI)")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

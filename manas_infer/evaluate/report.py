@@ -29,6 +29,7 @@ from matplotlib.patches import Rectangle
 
 from manas_infer.evaluate.methods import Method
 from manas_infer.evaluate.pairs import Pairs
+from manas_infer.evaluate.physics_plots import save_figure
 from manas_infer.evaluate.physics_report import patient_section
 from manas_infer.hu import SOFT_TISSUE_WINDOW, normalize, window_bounds
 from manas_infer.metrics import mean_sd, quality
@@ -137,11 +138,7 @@ def slice_figure(
         f"{SOFT_TISSUE_WINDOW[1]:g} HU); middle row: the yellow square enlarged",
         fontsize=10,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def psnr_figure(path: Path, rows: list[Scored]) -> Path:
@@ -152,10 +149,7 @@ def psnr_figure(path: Path, rows: list[Scored]) -> Path:
                   fontsize=8)  # fmt: skip
     ax.set_ylabel("PSNR, full range (dB)")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _cell(value: tuple[float, float], digits: int) -> str:
