@@ -75,15 +75,16 @@ PRESETS: dict[str, Preset] = {
     "small": Preset("small", C=8, L=4, D=3, K=3, P=3, search_epochs=8, warmup_epochs=2,
                     retrain_epochs=20, batch=4, size=64, max_slices_per_patient=64,
                     patch=True, patches_per_slice=4, lr=1e-3),
-    # The next recipe's retraining (scripts/train-v2-models.sh): every slice of every
-    # training patient, four 96 x 96 native patches each (room for the streaks of a thick
-    # body), batch 16, 10 cosine epochs: about 5x the pixels the first shipped models saw,
-    # 18.5 minutes on 2 cores (bench/results/retrain-v2-cpu-long-5pct.md). A search at
-    # this size would take most of a day there, so the recipe searches with `small` and
-    # retrains this preset on the architecture found (--genotype).
+    # The shipped recipe's retraining (scripts/train-v2-models.sh): every slice of every
+    # training patient, sixteen 96 x 96 native patches each (room for the streaks of a thick
+    # body; crops fixed at preparation, noise drawn afresh every batch), batch 16, 24
+    # cosine epochs: about 17 patches a second on 2 cores, so an hour for the two clean
+    # abdomen series and near three with the whole-body series. A search at this size would
+    # take most of a day there, so the recipe searches with `small` and retrains this
+    # preset on the architecture found (--genotype).
     "cpu-long": Preset("cpu-long", C=8, L=4, D=3, K=3, P=3, search_epochs=8,
-                       warmup_epochs=2, retrain_epochs=10, batch=16, size=96,
-                       patch=True, patches_per_slice=4, lr=1e-3, lr_min=1e-6),
+                       warmup_epochs=2, retrain_epochs=24, batch=16, size=96,
+                       patch=True, patches_per_slice=16, lr=1e-3, lr_min=1e-6),
     # Seconds, for tests and smoke runs: a tiny grid on 32 x 32 native patches.
     "tiny": Preset("tiny", C=4, L=2, D=2, K=2, P=2, search_epochs=3, warmup_epochs=1,
                    retrain_epochs=3, batch=4, size=32, max_slices_per_patient=8, patch=True,
