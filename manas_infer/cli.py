@@ -514,7 +514,9 @@ def denoise(
         help="Output folder. Default: a sibling, INPUT-denoised-MODEL (MODEL 'auto' when "
         "series got different models). Several series go into one sub-folder each.",
     ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or tensorrt."),
+    device: str = typer.Option(
+        "auto", help="auto, cpu, cuda, cuda:N (GPU N) or tensorrt[:N] (experimental)."
+    ),
     batch: int = typer.Option(4, min=1, help="Slices per inference call."),
     preview: Path | None = typer.Option(
         None, help="Write a PNG of the middle slice: input, denoised, difference."
@@ -866,14 +868,22 @@ def export(
         None, help="The .onnx file to write. Default: models/ARCH-DOSEpct.onnx."
     ),
     float16: bool = typer.Option(
-        False, "--fp16", help="Also write a float16 variant for GPUs (NAME.fp16.onnx)."
+        False,
+        "--fp16",
+        help="Also write a float16 variant for GPUs (NAME.fp16.onnx). Checked on the GPU, the "
+        "runtime may choose it by itself; checked without one, its card says opt-in only.",
     ),
     citation: list[str] = typer.Option(
         [], help="A citation for the training data, added to the card (repeatable)."
     ),
     runs: Path = typer.Option(Path("runs"), help="Folder that holds run directories."),
     overwrite: bool = typer.Option(False, help="Replace a model file that exists."),
-    device: str = typer.Option("auto", help="Where the check runs: auto, cpu or cuda."),
+    device: str = typer.Option(
+        "auto",
+        help="Where the checks run, as the runtime runs the model: auto (the GPU when "
+        "onnxruntime can use one, else the CPU), cpu, cuda or cuda:N. On a GPU float32 is "
+        "checked without TF32, the way the runtime runs it.",
+    ),
 ) -> None:
     """Export a trained network to ONNX (HU in, HU out, any slice size), check it against
     torch on real slices, and write it with its model card."""
@@ -892,7 +902,8 @@ def export(
             f"[green]wrote[/green] {item.path} ({item.path.stat().st_size / 1e6:.2f} MB, "
             f"{p.precision}) and {item.card_path.name}: onnxruntime ({p.provider}) vs torch "
             f"max {p.max_abs_diff_hu:.3g} HU, mean {p.mean_abs_diff_hu:.2g} HU on "
-            f"{p.checked_on} (tolerance {p.tolerance_hu} HU)",
+            f"{p.checked_on} (tolerance {p.tolerance_hu} HU)"
+            + (f"; {p.precision}: {item.selection}" if item.selection else ""),
             soft_wrap=True,
         )
 
