@@ -44,6 +44,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from manas_infer.runtime.install import gpu_install_advice
+
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")  # the kinds; cuda and tensorrt take ":N"
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 DEVICE_HELP = "auto, cpu, cuda, cuda:N (GPU N), tensorrt or tensorrt:N (experimental)"
@@ -200,8 +202,11 @@ def open_session(
     reasons: list[str] = []
     for gpu in wanted[kind]:
         name = GPU_PROVIDERS[gpu]
-        if name not in ort.get_available_providers():
-            reasons.append(f"{name} is not in this onnxruntime build")
+        available = ort.get_available_providers()
+        if name not in available:
+            advice = gpu_install_advice(available) if gpu == "cuda" else None
+            reasons.append(f"{name} unavailable (not in this onnxruntime build"
+                           + (f": {advice})" if advice else ")"))  # fmt: skip
             continue
         input_name = image_input(source) if gpu == "tensorrt" else None
         providers = provider_list(gpu, device_id, cache, input_name, max_batch)
