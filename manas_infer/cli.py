@@ -703,7 +703,23 @@ def train(
     ),
     lr: float | None = typer.Option(None, help="Override the preset's learning rate."),
     seed: int = typer.Option(0, help="Seed: the same seed and data give the same run."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on CUDA)."),
+    device: str = typer.Option(
+        "auto",
+        help="auto, cpu, cuda or cuda:N (GPU N; bf16 autocast on CUDA). Under torchrun each "
+        "process takes the GPU of its LOCAL_RANK: choose GPUs with CUDA_VISIBLE_DEVICES.",
+    ),
+    checkpoint: bool | None = typer.Option(
+        None,
+        "--checkpoint/--no-checkpoint",
+        help="Force activation checkpointing of the search's super-net on or off. Default: "
+        "on only when the GPU's free memory cannot hold a plain search step.",
+    ),
+    dist_timeout: float = typer.Option(
+        120.0,
+        min=1.0,
+        help="Under torchrun: minutes a process may wait for the others (the main process "
+        "prepares the data and evaluates alone) before the process group gives up.",
+    ),
     runs: Path = typer.Option(Path("runs"), help="Folder that holds run directories."),
     cache: Path | None = typer.Option(
         None, help="Dataset cache. Default: $MANAS_CACHE or ~/.cache/manas-infer."
@@ -718,6 +734,8 @@ def train(
     """Search a MANAS denoiser for a dose, derive it, retrain it from scratch and evaluate
     it on held-out patients, all in one run directory. Multi-GPU: launch with
     `torchrun --nproc_per_node=N -m manas_infer train ...`."""
+    from datetime import timedelta
+
     from manas_infer.config import ConfigError, cache_root, resolve_data_root
     from manas_infer.train.augment import Augmentation
     from manas_infer.train.distributed import init_distributed, shutdown
@@ -725,6 +743,7 @@ def train(
     from manas_infer.train.run import (
         RunConfig,
         Trainer,
+        TrainingDiverged,
         create_run,
         load_run_config,
         moved_run,
@@ -752,6 +771,7 @@ def train(
                 batch=batch,
                 max_slices_per_patient=max_slices,
                 lr=lr,
+                checkpoint=checkpoint,
             )
             chosen.check()
             given = None
@@ -809,7 +829,10 @@ def train(
     except InputProblem as problem:
         report_problem(problem, "refused")
         raise typer.Exit(1) from None
-    ctx = init_distributed(torch_device)
+    try:
+        ctx = init_distributed(torch_device, timeout=timedelta(minutes=dist_timeout))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--device") from None
     try:
         if folder is None:
             folder = create_run(runs, config) if ctx.is_main else None
@@ -819,11 +842,16 @@ def train(
                 shared = [str(folder) if folder else None]
                 dist.broadcast_object_list(shared, 0)
                 folder = Path(shared[0])
-        console.print(f"run directory: {folder}")
+        if ctx.is_main:
+            console.print(f"run directory: {folder}")
         try:
             metrics = Trainer(folder, config, ctx).run()
         except InputProblem as problem:
             report_problem(problem, "refused")
+            raise typer.Exit(1) from None
+        except TrainingDiverged as exc:
+            if ctx.is_main:
+                console.print(f"[red]stopped:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(1) from None
         if ctx.is_main:
             low, net = metrics["mean_sd"]["low_dose"], metrics["mean_sd"]["network"]
