@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.progress import Progress
 from torch import Tensor
@@ -306,6 +307,9 @@ class Trainer:
         self.data: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         for split in ("train", "arch", "test"):
             low, normal, spacing = prepared.arrays(split)
+            if len(spacing) and not (np.isfinite(spacing).all() and (spacing > 0).all()):
+                # Once per split, on the host: the simulator trusts spacings on the GPU.
+                raise InputProblem(prepared.folder, f"{split}: a pixel spacing is not > 0")
             self.data[split] = tuple(
                 torch.from_numpy(a).to(self.device)
                 for a in (low, normal, spacing.astype("float32"))
