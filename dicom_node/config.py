@@ -357,9 +357,13 @@ def _check(c: NodeConfig) -> list[str]:
     _between(p, "limits.max_instance_mb", lim.max_instance_mb, 0.01, 4096)
     _between(p, "limits.max_matrix", lim.max_matrix, 16, 65535)
     _between(p, "limits.disk_watermark_percent", lim.disk_watermark_percent, 1, 100)
-    if c.processing.device not in DEVICES:
-        p.append(f"processing.device must be one of {', '.join(DEVICES)}, "
-                 f"got {c.processing.device!r}")  # fmt: skip
+    from manas_infer.runtime.providers import parse_device  # onnxruntime: only when checked
+
+    try:
+        parse_device(c.processing.device)  # the runtime's own rule: auto, cpu, cuda[:N]...
+    except ValueError:
+        p.append(f"processing.device must be one of {', '.join(DEVICES)}, got "
+                 f"{c.processing.device!r} (cuda and tensorrt may name a GPU: cuda:1)")  # fmt: skip
     _between(p, "processing.batch", c.processing.batch, 1, 1024)
     if c.processing.strength is not None:
         _between(p, "processing.strength", c.processing.strength, 0, 100)

@@ -15,10 +15,25 @@ from manas_infer.export.card import build_card, sha256
 from manas_infer.export.graph import HUModel
 from manas_infer.export.onnx_file import set_metadata, to_onnx
 from manas_infer.export.verify import Parity, compare
-from manas_infer.runtime.models import card_path, models_dir, name_for_dose
+from manas_infer.runtime.models import ModelError, card_path, models_dir, name_for_dose
+from manas_infer.runtime.providers import DEVICE_HELP, parse_device
 from manas_infer.train.run import load_run_config, load_trained, run_stage
 
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16}
+
+
+# What a float16 card says about automatic use. Without a GPU the variant is still written,
+# checked on the CPU and marked opt-in, rather than refused: the CPU check still proves the
+# graph right (weights, casts, padding; an export bug shows up as tens of HU), the file is
+# what a GPU user opts into, and the runtime never picks it on its own (``session.py`` wants
+# a GPU parity record). Refusing --fp16 would make the variant impossible to produce on the
+# CPU-only machines most exports run on, for no safety gained.
+AUTO_ON_GPU = "automatic on a GPU: its float16 parity was checked on {provider}"
+OPT_IN_ONLY = (
+    "opt-in only: not verified on a GPU (its parity was checked on {provider}, which computes "
+    "float16 convolutions in float32); export with --fp16 where a GPU works to let the "
+    "runtime choose it"
+)
 
 
 class ExportError(Exception):
@@ -30,6 +45,7 @@ class Exported:
     path: Path
     card_path: Path
     parity: Parity
+    selection: str = ""  # float16: automatic on a GPU, or opt-in only
 
 
 def latest_finished_run(runs_root: Path) -> Path:
@@ -76,6 +92,10 @@ def export_run(
     renamed into place, so a failed or interrupted export never leaves a model behind.
     """
     run_dir = Path(run_dir)
+    try:
+        parse_device(device)
+    except ValueError:
+        raise ExportError(f"--device {device!r}: use {DEVICE_HELP}") from None
     if not (run_dir / "config.json").is_file():
         raise ExportError(f"{run_dir}: not a training run directory (no config.json)")
     if run_stage(run_dir) != "done":
@@ -107,14 +127,23 @@ def export_run(
         partial = path.with_name(f".{path.name}.partial")
         partial.write_bytes(proto.SerializeToString())
         try:
-            parity = compare(reference, partial, slices, precision, checked_on, device)
+            try:
+                parity = compare(reference, partial, slices, precision, checked_on, device)
+            except (ModelError, RuntimeError, ValueError) as e:
+                raise ExportError(f"{path}: the {precision} check could not run: {e}") from None
             if not parity.ok:
+                written = [str(item.path) for item in done]
                 raise ExportError(
-                    f"{path}: onnxruntime differs from torch by up to "
+                    f"{path}: onnxruntime ({parity.provider}) differs from torch by up to "
                     f"{parity.max_abs_diff_hu:.3g} HU, more than the {parity.tolerance_hu} HU "
-                    f"allowed for {precision}; nothing was written"
+                    f"allowed for {precision}; it was not written"
+                    + (f" (written and verified: {', '.join(written)})" if written else "")
                 )
             card["verification"] = parity.to_dict()
+            if precision == "float16":
+                card["selection"] = (AUTO_ON_GPU if parity.on_gpu else OPT_IN_ONLY).format(
+                    provider=parity.provider
+                )
             set_metadata(proto, card)
             partial.write_bytes(proto.SerializeToString())
             card["sha256"] = sha256(partial)
@@ -127,5 +156,5 @@ def export_run(
         finally:
             partial.unlink(missing_ok=True)
             card_path(partial).unlink(missing_ok=True)
-        done.append(Exported(path, card_path(path), parity))
+        done.append(Exported(path, card_path(path), parity, card.get("selection", "")))
     return done

@@ -514,7 +514,9 @@ def denoise(
         help="Output folder. Default: a sibling, INPUT-denoised-MODEL (MODEL 'auto' when "
         "series got different models). Several series go into one sub-folder each.",
     ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or tensorrt."),
+    device: str = typer.Option(
+        "auto", help="auto, cpu, cuda, cuda:N (GPU N) or tensorrt[:N] (experimental)."
+    ),
     batch: int = typer.Option(4, min=1, help="Slices per inference call."),
     preview: Path | None = typer.Option(
         None, help="Write a PNG of the middle slice: input, denoised, difference."
@@ -701,7 +703,23 @@ def train(
     ),
     lr: float | None = typer.Option(None, help="Override the preset's learning rate."),
     seed: int = typer.Option(0, help="Seed: the same seed and data give the same run."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on CUDA)."),
+    device: str = typer.Option(
+        "auto",
+        help="auto, cpu, cuda or cuda:N (GPU N; bf16 autocast on CUDA). Under torchrun each "
+        "process takes the GPU of its LOCAL_RANK: choose GPUs with CUDA_VISIBLE_DEVICES.",
+    ),
+    checkpoint: bool | None = typer.Option(
+        None,
+        "--checkpoint/--no-checkpoint",
+        help="Force activation checkpointing of the search's super-net on or off. Default: "
+        "on only when the GPU's free memory cannot hold a plain search step.",
+    ),
+    dist_timeout: float = typer.Option(
+        120.0,
+        min=1.0,
+        help="Under torchrun: minutes a process may wait for the others (the main process "
+        "prepares the data and evaluates alone) before the process group gives up.",
+    ),
     runs: Path = typer.Option(Path("runs"), help="Folder that holds run directories."),
     cache: Path | None = typer.Option(
         None, help="Dataset cache. Default: $MANAS_CACHE or ~/.cache/manas-infer."
@@ -716,6 +734,8 @@ def train(
     """Search a MANAS denoiser for a dose, derive it, retrain it from scratch and evaluate
     it on held-out patients, all in one run directory. Multi-GPU: launch with
     `torchrun --nproc_per_node=N -m manas_infer train ...`."""
+    from datetime import timedelta
+
     from manas_infer.config import ConfigError, cache_root, resolve_data_root
     from manas_infer.train.augment import Augmentation
     from manas_infer.train.distributed import init_distributed, shutdown
@@ -723,6 +743,7 @@ def train(
     from manas_infer.train.run import (
         RunConfig,
         Trainer,
+        TrainingDiverged,
         create_run,
         load_run_config,
         moved_run,
@@ -750,6 +771,7 @@ def train(
                 batch=batch,
                 max_slices_per_patient=max_slices,
                 lr=lr,
+                checkpoint=checkpoint,
             )
             chosen.check()
             given = None
@@ -807,7 +829,10 @@ def train(
     except InputProblem as problem:
         report_problem(problem, "refused")
         raise typer.Exit(1) from None
-    ctx = init_distributed(torch_device)
+    try:
+        ctx = init_distributed(torch_device, timeout=timedelta(minutes=dist_timeout))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--device") from None
     try:
         if folder is None:
             folder = create_run(runs, config) if ctx.is_main else None
@@ -817,11 +842,16 @@ def train(
                 shared = [str(folder) if folder else None]
                 dist.broadcast_object_list(shared, 0)
                 folder = Path(shared[0])
-        console.print(f"run directory: {folder}")
+        if ctx.is_main:
+            console.print(f"run directory: {folder}")
         try:
             metrics = Trainer(folder, config, ctx).run()
         except InputProblem as problem:
             report_problem(problem, "refused")
+            raise typer.Exit(1) from None
+        except TrainingDiverged as exc:
+            if ctx.is_main:
+                console.print(f"[red]stopped:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(1) from None
         if ctx.is_main:
             low, net = metrics["mean_sd"]["low_dose"], metrics["mean_sd"]["network"]
@@ -866,14 +896,22 @@ def export(
         None, help="The .onnx file to write. Default: models/ARCH-DOSEpct.onnx."
     ),
     float16: bool = typer.Option(
-        False, "--fp16", help="Also write a float16 variant for GPUs (NAME.fp16.onnx)."
+        False,
+        "--fp16",
+        help="Also write a float16 variant for GPUs (NAME.fp16.onnx). Checked on the GPU, the "
+        "runtime may choose it by itself; checked without one, its card says opt-in only.",
     ),
     citation: list[str] = typer.Option(
         [], help="A citation for the training data, added to the card (repeatable)."
     ),
     runs: Path = typer.Option(Path("runs"), help="Folder that holds run directories."),
     overwrite: bool = typer.Option(False, help="Replace a model file that exists."),
-    device: str = typer.Option("auto", help="Where the check runs: auto, cpu or cuda."),
+    device: str = typer.Option(
+        "auto",
+        help="Where the checks run, as the runtime runs the model: auto (the GPU when "
+        "onnxruntime can use one, else the CPU), cpu, cuda or cuda:N. On a GPU float32 is "
+        "checked without TF32, the way the runtime runs it.",
+    ),
 ) -> None:
     """Export a trained network to ONNX (HU in, HU out, any slice size), check it against
     torch on real slices, and write it with its model card."""
@@ -892,7 +930,8 @@ def export(
             f"[green]wrote[/green] {item.path} ({item.path.stat().st_size / 1e6:.2f} MB, "
             f"{p.precision}) and {item.card_path.name}: onnxruntime ({p.provider}) vs torch "
             f"max {p.max_abs_diff_hu:.3g} HU, mean {p.mean_abs_diff_hu:.2g} HU on "
-            f"{p.checked_on} (tolerance {p.tolerance_hu} HU)",
+            f"{p.checked_on} (tolerance {p.tolerance_hu} HU)"
+            + (f"; {p.precision}: {item.selection}" if item.selection else ""),
             soft_wrap=True,
         )
 

@@ -26,6 +26,7 @@ from manas_infer.runtime import (
     models_dir,
     resolve_model,
 )
+from manas_infer.runtime.providers import cuda_works
 from manas_infer.train.run import load_trained
 
 runner = CliRunner()
@@ -108,7 +109,7 @@ def test_metadata_and_card_are_complete(exported, trained_run: Path) -> None:
 def test_runtime_falls_back_to_cpu_with_one_clear_line(
     exported, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture
 ) -> None:
-    if torch.cuda.is_available():
+    if cuda_works():  # onnxruntime's own view, not torch's
         pytest.skip("a GPU is present: the fallback is not what happens here")
     with caplog.at_level(logging.INFO, logger="manas_infer.runtime"):
         denoiser = Denoiser(exported["float32"], device="auto", warm_up=(64, 64))
@@ -121,7 +122,7 @@ def test_runtime_falls_back_to_cpu_with_one_clear_line(
 
 
 def test_asking_for_cuda_without_it_fails_clearly(exported) -> None:
-    if torch.cuda.is_available():
+    if cuda_works():  # onnxruntime's own view, not torch's
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="--device cuda was asked for"):
         Denoiser(exported["float32"], device="cuda", warm_up=None)

@@ -58,6 +58,15 @@ def test_example_config_is_valid_and_documented() -> None:
         assert section in text
 
 
+def test_the_node_takes_a_gpu_index_as_the_runtime_does() -> None:
+    """processing.device follows the runtime's rule: cuda:1 is a GPU, cuda:x is refused."""
+    example = Path(__file__).resolve().parents[1] / "dicom_node" / "node.example.toml"
+    assert load_config(example, ["processing.device=cuda:1"]).processing.device == "cuda:1"
+    with pytest.raises(NodeConfigError) as info:
+        load_config(example, ["processing.device=cuda:x"])
+    assert any("processing.device" in p and "cuda:x" in p for p in info.value.problems)
+
+
 def test_unknown_keys_and_impossible_values_are_all_named(tmp_path: Path) -> None:
     problems = _problems(
         tmp_path,

@@ -57,7 +57,7 @@ def method_for(item: str, device: str) -> Method:
     if is_run_dir(item):
         from manas_infer.device import resolve_device
 
-        return run_method(Path(item), resolve_device(device).type)
+        return run_method(Path(item), str(resolve_device(device)))  # keeps a cuda:N index
     return model_method(item, device)
 
 

@@ -21,10 +21,14 @@ class ModelError(Exception):
 
 
 def models_dir() -> Path:
-    """$MANAS_MODELS, else the repository's ``models/`` folder (the shipped models)."""
+    """$MANAS_MODELS (a site's own models folder), else the shipped models: package data in
+    an installed wheel (``manas_infer/models``), the repository's ``models/`` in a checkout.
+    """
     if os.environ.get("MANAS_MODELS"):
         return Path(os.environ["MANAS_MODELS"])
-    return Path(__file__).resolve().parents[2] / "models"
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "models"
+    return installed if installed.is_dir() else package.parent / "models"
 
 
 def name_for_dose(dose: float, arch: str = "manas") -> str:

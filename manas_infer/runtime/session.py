@@ -12,7 +12,7 @@ import numpy as np
 from manas_infer.config import cache_root
 from manas_infer.runtime.guard import BIAS_GUARD_SIGMA_PX
 from manas_infer.runtime.models import ModelChoice, ModelError, read_card, resolve_model
-from manas_infer.runtime.providers import Opened, open_session
+from manas_infer.runtime.providers import GPU_PROVIDERS, Opened, open_session
 from manas_infer.runtime.strength import DEFAULT_STRENGTH, apply_strength, check_strength
 
 log = logging.getLogger("manas_infer.runtime")
@@ -26,15 +26,45 @@ def half_variant(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".onnx") + ".fp16.onnx")
 
 
+def float16_problem(card: dict, provider: str) -> str | None:
+    """None when ``card`` holds a float16 parity check that passed on ``provider`` (a GPU
+    provider); otherwise why the float16 file may not be chosen automatically there.
+
+    The CPU provider computes a float16 graph's convolutions in float32, so a check there
+    misses what half precision costs: true float16 on a GPU measured 1.7 HU from torch at 5 %
+    dose and 3.1-3.7 HU at 2.5 %, over the 2 HU gate the CPU check had passed. Only a check
+    run on the GPU provider that will run the file counts.
+    """
+    record = card.get("verification")
+    if not isinstance(record, dict) or record.get("precision") != "float16":
+        return "its card holds no float16 parity record"
+    checked = str(record.get("provider", "an unknown provider"))
+    if checked not in GPU_PROVIDERS.values():
+        return f"not verified on a GPU (its parity was checked on {checked})"
+    if checked != provider:
+        return f"verified on {checked}, not on {provider}"
+    try:
+        passed = record.get("ok") is True and float(record["max_abs_diff_hu"]) <= float(
+            record["tolerance_hu"]
+        )
+    except (KeyError, TypeError, ValueError):
+        passed = False
+    if not passed:
+        return f"its parity record on {checked} did not pass"
+    return None
+
+
 class Denoiser:
     """One model, one onnxruntime session, used for every slice a process denoises.
 
     ``model`` is a name in models/, a path, or a ``ModelChoice``; ``device`` is auto, cpu,
     cuda or tensorrt. Construction loads the file, picks the provider (one log line saying
     which and why), and warms up, so the first real slice is not the slow one.
-    ``precision`` auto runs the model's float16 variant (``NAME.fp16.onnx``, verified at
-    export) when it lands on a GPU and one exists, float32 otherwise; float16 or float32
-    force the choice.
+    ``precision`` auto runs the model's float16 variant (``NAME.fp16.onnx``) when it lands on
+    a GPU, one exists and its card holds a float16 parity check that passed on that same GPU
+    provider (``float16_problem``); float32 otherwise, the log line saying why. float16 asks
+    for the variant whatever its card says (opt-in), and so does a ``.fp16.onnx`` path;
+    float32 runs the file as it is, never a variant. ``device`` may name a GPU: ``cuda:1``.
     """
 
     def __init__(
@@ -66,17 +96,40 @@ class Denoiser:
             raise ModelError(f"{self.path}: no such model file")
         self.card = read_card(self.path)
         opened = self._open(device, threads)
-        if precision == "auto" and opened.on_gpu and half.is_file() and half != self.path:
-            # On a GPU the float16 variant (verified at export) halves memory traffic.
-            self.choice = choice = ModelChoice(half, half.name.removesuffix(".onnx"), choice.why)
-            self.path, self.name = half, choice.name
-            self.card = read_card(half)
-            opened = self._open(device, threads)
+        self.precision_why = ""
+        warn = False
+        if opened.on_gpu and (precision == "float16" or self.path == half):
+            problem = float16_problem(self.card, opened.provider)
+            if problem:  # opt-in: run it, but say what was not checked
+                self.precision_why, warn = f"float16 by request; {self.path.name}: {problem}", True
+        elif precision == "auto" and opened.on_gpu and half.is_file():
+            try:
+                problem = float16_problem(read_card(half), opened.provider)
+            except ModelError as e:
+                problem = f"its card cannot be read ({e})"
+            if problem is None:
+                # On a GPU the float16 variant, verified there, halves memory traffic.
+                self.choice = choice = ModelChoice(
+                    half, half.name.removesuffix(".onnx"), choice.why
+                )
+                self.path, self.name = half, choice.name
+                self.card = read_card(half)
+                opened = self._open(device, threads)
+                self.precision_why = (
+                    f"float16: {half.name} passed its parity check on this provider"
+                )
+            else:
+                self.precision_why = (
+                    f"float32: {half.name} is opt-in only ({problem}); to run it anyway, "
+                    f"give its path (--model {half}) or precision float16"
+                )
         self.session, self.provider, self.why = opened.session, opened.provider, opened.why
-        self.on_gpu = opened.on_gpu
+        self.on_gpu, self.device_id = opened.on_gpu, opened.device_id
+        self.provider_options = dict(opened.options)  # what the provider was opened with
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        log.info("model %s on %s (%s)", self.name, self.provider, self.why)
+        reason = "; ".join(r for r in (self.why, self.precision_why) if r)
+        (log.warning if warn else log.info)("model %s on %s (%s)", self.name, self.provider, reason)
         self.warm_up_seconds = 0.0
         if warm_up is not None:
             start = time.perf_counter()
@@ -85,7 +138,9 @@ class Denoiser:
 
     def _open(self, device: str, threads: int | None) -> Opened:
         try:
-            return open_session(self.path, device, threads, cache=cache_root() / "tensorrt")
+            return open_session(
+                self.path, device, threads, cache=cache_root() / "tensorrt", max_batch=self.batch
+            )
         except (ValueError, RuntimeError) as e:
             if isinstance(e, ValueError) or "was asked for" in str(e):
                 raise
@@ -109,8 +164,9 @@ class Denoiser:
         import onnxruntime as ort
 
         binding = self.session.io_binding()
-        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-        binding.bind_output(self.output_name, "cuda", 0)
+        x_gpu = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.device_id)
+        binding.bind_ortvalue_input(self.input_name, x_gpu)
+        binding.bind_output(self.output_name, "cuda", self.device_id)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 

@@ -131,6 +131,10 @@ class LowDoseSimulator:
         return self._projectors[size]
 
     def _spacing(self, pixel_spacing_mm: float | torch.Tensor, batch: int) -> torch.Tensor:
+        # Checked where the values are: a spacing already on the GPU (training's fresh noise,
+        # every batch) is trusted, as its split's spacings were checked when prepared;
+        # checking it here would stall the GPU twice a batch.
+        on_gpu = isinstance(pixel_spacing_mm, torch.Tensor) and pixel_spacing_mm.is_cuda
         spacing = torch.as_tensor(pixel_spacing_mm, dtype=torch.float32, device=self.device)
         spacing = spacing.reshape(-1)
         if spacing.numel() == 1:
@@ -140,7 +144,7 @@ class LowDoseSimulator:
                 f"pixel_spacing_mm must be one value or one per slice ({batch}), "
                 f"got {spacing.numel()}"
             )
-        if not bool(torch.isfinite(spacing).all()) or bool((spacing <= 0).any()):
+        if not on_gpu and (not bool(torch.isfinite(spacing).all()) or bool((spacing <= 0).any())):
             raise ValueError(f"pixel_spacing_mm must be finite and > 0, got {pixel_spacing_mm!r}")
         return spacing
 

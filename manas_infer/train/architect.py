@@ -29,14 +29,15 @@ class Architect:
         self.model = forward_model if forward_model is not None else model
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr)
 
-    def step(self, low: Tensor, normal: Tensor, loss_fn: LossFn, autocast: bool = False) -> float:
-        """One gradient step of the architecture parameters on an arch-data batch."""
+    def step(self, low: Tensor, normal: Tensor, loss_fn: LossFn, autocast: bool = False) -> Tensor:
+        """One gradient step of the architecture parameters on an arch-data batch; the loss
+        comes back as a detached device tensor (no host sync per step: run.py sums it)."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(low.device.type, torch.bfloat16, enabled=autocast):
             loss = loss_fn(self.model(low), normal)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
 
 def search_step(
@@ -47,9 +48,10 @@ def search_step(
     arch_batch: tuple[Tensor, Tensor] | None,
     loss_fn: LossFn,
     autocast: bool = False,
-) -> tuple[float, float | None]:
+) -> tuple[Tensor, Tensor | None]:
     """A weight step on ``train_batch``, then (unless ``arch_batch`` is None, as in the
-    weights-only warm-up epochs) an arch step. Returns (weight loss, arch loss).
+    weights-only warm-up epochs) an arch step. Returns (weight loss, arch loss) as detached
+    device tensors, so a step never waits for the GPU.
 
     Inputs are normalised images [B, 1, H, W]; the weight optimiser holds only
     ``model.weights()`` so the arch step's gradients never move the weights and vice versa.
@@ -63,4 +65,4 @@ def search_step(
     arch_loss = None
     if arch_batch is not None:
         arch_loss = architect.step(*arch_batch, loss_fn, autocast)
-    return float(loss.detach()), arch_loss
+    return loss.detach(), arch_loss

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from manas_infer.train.supernet import check_grid
+from manas_infer.train.cells import n_edges
+from manas_infer.train.supernet import check_grid, grid
 
 
 def check_depth_fits(D: int, size: int, who: str) -> None:
@@ -40,7 +41,9 @@ class Preset:
     max_slices_per_patient: int | None = None
     patch: bool = False  # size x size native-resolution patches instead of resized slices
     patches_per_slice: int = 1
-    checkpoint: bool = False  # activation checkpointing in the super-net: memory for time
+    # Activation checkpointing in the super-net (memory for time): True or False forces it;
+    # None decides when the search starts from the GPU's free memory (search_needs_checkpoint).
+    checkpoint: bool | None = None
 
     def check(self) -> None:
         """Refuse, before any work, a preset that cannot run at its image size."""
@@ -65,9 +68,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # The paper (Sec. 4.2): L=12, D=4, K=5, P=3, 200 epochs, batch 2, 256 x 256, 8 warm-up;
-    # checkpointing brings a search step from ~21 GiB to ~1.6 GiB (bench/results/search.md).
+    # a search step needs ~21 GiB without checkpointing, ~1.6 GiB with it
+    # (bench/results/search.md): it is switched on only where the GPU lacks the memory.
     "paper": Preset("paper", C=8, L=12, D=4, K=5, P=3, search_epochs=200, warmup_epochs=8,
-                    retrain_epochs=200, batch=2, size=256, checkpoint=True),
+                    retrain_epochs=200, batch=2, size=256),
     # A real search and retrain that finishes on a 2-core CPU in minutes: a smaller grid on
     # 64 x 64 native-resolution patches (resizing whole slices that far would leave almost
     # no noise to learn), four per slice, at most 64 slices per patient; lr 1e-3 because it
@@ -90,3 +94,38 @@ PRESETS: dict[str, Preset] = {
                    retrain_epochs=3, batch=4, size=32, max_slices_per_patient=8, patch=True,
                    lr=1e-3),
 }  # fmt: skip
+
+
+# Bytes autograd keeps for backward per (image, pixel, stem channel, cell) of the plain
+# super-net with P = 3, a cell at depth d weighing 2^-(d-1) (C 2^(d-1) channels on 4^(d-1)
+# times fewer pixels). bench/results/search.md measured the saved tensors (float32) of
+# seven grids (L 4-12, D 2-4, C 8, 64 x 64) and the exact value at the paper's size on the
+# meta device: 29.0 MiB per unit of weight at batch 2, 64 x 64, C 8 is 464 bytes, within
+# 0.2 % for every grid measured.
+SAVED_BYTES_PER_UNIT = 464
+MEASURED_EDGES = n_edges(3)
+
+
+def search_activation_bytes(preset: Preset) -> int:
+    """Estimated bytes of activations one search pass keeps for backward, without
+    checkpointing, in float32 (bf16 autocast on a GPU keeps less: an upper bound there).
+    Scaled from the P = 3 measurements by the edges of a cell for other P."""
+    weight = sum(2.0 ** -(block[1] - 1) for block, sources in grid(preset.L, preset.D).items()
+                 for _ in sources)  # fmt: skip
+    per_pixel = SAVED_BYTES_PER_UNIT * preset.C * weight * n_edges(preset.P) / MEASURED_EDGES
+    return int(per_pixel * preset.batch * preset.size**2)
+
+
+def search_step_bytes(preset: Preset, n_parameters: int) -> int:
+    """Estimated peak bytes of a plain search step: the activations, 5 % for the
+    temporaries around them (the measured peak of the paper's step is 3.5 % above its saved
+    tensors), and 20 bytes per float32 parameter: the weight, its gradient, Adam's two
+    moments and DistributedDataParallel's gradient bucket."""
+    return int(1.05 * search_activation_bytes(preset)) + 20 * n_parameters
+
+
+def search_needs_checkpoint(needed_bytes: int, free_bytes: int, headroom: float = 0.85) -> bool:
+    """Checkpoint when a plain search step (``needed_bytes``) would use more than
+    ``headroom`` of the memory free for it: the rest is left to cuDNN workspaces, the
+    allocator's fragmentation and the estimate's error."""
+    return needed_bytes > headroom * free_bytes

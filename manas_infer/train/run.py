@@ -16,6 +16,9 @@ Decisions the paper leaves open (also in the README):
 - Resume is exact: every random choice is a function of (seed, stage, epoch) or of a saved
   generator state, and the state is saved at each epoch's end; a killed run repeats at most
   its interrupted epoch and ends with the same weights as an uninterrupted one.
+- Several processes (torchrun): each saves its own random streams (augmentation, fresh
+  noise) into state.pt, so a run resumes exactly only with as many processes as wrote it;
+  another count is refused (each process's share of the data depends on it too).
 - If no derived genotype with at most two skips per cell was seen before the skip rule
   stops the search (possible only right after the weights-only warm-up, when alphas are
   still their random initial values), skip is kept on the two edges where its alpha is
@@ -31,7 +34,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from rich.progress import Progress
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -51,16 +56,27 @@ from manas_infer.train.derive import (
     derive_cells,
     derive_genotype,
 )
-from manas_infer.train.distributed import DistContext, barrier, broadcast_flag
+from manas_infer.train.distributed import (
+    DistContext,
+    any_flag,
+    barrier,
+    broadcast_flag,
+    gather_to_main,
+)
 from manas_infer.train.genotype import Genotype
 from manas_infer.train.loss import DenoiseLoss
 from manas_infer.train.network import DerivedNetwork
 from manas_infer.train.operations import PRIMITIVES
-from manas_infer.train.presets import Preset
+from manas_infer.train.presets import Preset, search_needs_checkpoint, search_step_bytes
 from manas_infer.train.profile import count_flops, count_parameters
 from manas_infer.train.supernet import SuperNet
 
 STAGES = ("search", "retrain", "evaluate", "done")
+
+# Steps between refreshes of the running loss on the progress bar: reading a loss waits for
+# the GPU to finish every step queued before it, so it is done this seldom (and never on a
+# process that shows no bar).
+LOG_EVERY = 25
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,90 @@ def capped_cells(alphas: dict[str, Tensor]) -> dict[str, tuple[str, ...]]:
     return cells
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: the run stops before saving that epoch."""
+
+
+class LossSum:
+    """A stage's losses summed where they are computed. Adding one queues an addition on the
+    device and returns at once; ``float(loss)`` every step would make the host wait for the
+    GPU at every step. Reading the mean waits once. The sum is float64 (float32 on MPS), in
+    step order: the same numbers as summing the Python floats of the losses."""
+
+    def __init__(self, device: torch.device) -> None:
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.total = torch.zeros((), dtype=dtype, device=device)
+        self.count = 0
+
+    def add(self, loss: Tensor | float) -> None:
+        self.total += loss.detach() if isinstance(loss, Tensor) else loss
+        self.count += 1
+
+    def mean(self) -> float:
+        return float(self.total) / max(self.count, 1)
+
+
+def progress_for(ctx: DistContext) -> Progress:
+    """The main process's progress bar; a silent one on the others (N bars, one per
+    process, would overwrite each other on a shared terminal)."""
+    return progress() if ctx.is_main else Progress(disable=True)
+
+
+def decide_checkpointing(
+    preset: Preset, device: torch.device, n_parameters: int
+) -> tuple[bool, str]:
+    """(checkpoint the super-net?, why) for one process: the preset's explicit value, else
+    off on anything but a GPU, else on when the estimated plain search step
+    (``search_step_bytes``) does not fit the GPU's free memory (``search_needs_checkpoint``).
+    Free memory is what the driver reports free plus what this process's allocator holds
+    unused: the dataset is already on the GPU when the search starts, so it is counted."""
+    if preset.checkpoint is not None:
+        return preset.checkpoint, "set by the preset or --checkpoint/--no-checkpoint"
+    if device.type != "cuda":
+        return False, f"not needed on {device.type}"
+    needed = search_step_bytes(preset, n_parameters)
+    free = torch.cuda.mem_get_info(device)[0]
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    on = search_needs_checkpoint(needed, free)
+    gib = 2.0**30
+    return on, (
+        f"a plain search step needs about {needed / gib:.1f} GiB, {free / gib:.1f} GiB are "
+        f"free on {device}"
+    )
+
+
+def saved_rng_states(state: dict, ctx: DistContext, where: Path) -> dict[str, Tensor]:
+    """This process's generator states in a loaded state.pt ({} when it has none).
+
+    state.pt holds one set per process (``rng_per_rank``, rank order); resuming with
+    another number of processes cannot be exact (the streams and each process's share of
+    the data both depend on it), so it is refused with the count to use. A state.pt written
+    before per-process states holds only the main process's: one process restores it
+    exactly; under torchrun the main process restores it and the others start again from
+    their seeds (not exact: documented in the warning)."""
+    per_rank = state.get("rng_per_rank")
+    if per_rank is not None:
+        if len(per_rank) != ctx.world:
+            raise InputProblem(
+                where,
+                f"written by {len(per_rank)} training process(es), resumed with {ctx.world}: "
+                f"resume with the same number (torchrun --nproc_per_node={len(per_rank)}, or "
+                "no torchrun for 1), each process's random streams and data share are saved",
+            )
+        return dict(per_rank[ctx.rank])
+    old = {"noise": state.get("noise_rng"), "augment": state.get("augment_rng")}
+    old = {name: value for name, value in old.items() if value is not None}
+    if old and ctx.active:
+        if ctx.is_main:
+            console.print(
+                f"[yellow]warning:[/yellow] {where} holds one process's random streams (saved "
+                "before per-process states): the other processes restart theirs from their "
+                "seeds, so this resume is not exact"
+            )
+        return old if ctx.is_main else {}
+    return old
+
+
 class Trainer:
     """Runs (or resumes) one run directory to the end. One per process under torchrun."""
 
@@ -167,9 +267,7 @@ class Trainer:
             config.perceptual_weight, config.vgg_weights,
             ssim_weight=config.ssim_weight, edge_weight=config.edge_weight,
         ).to(self.device)  # fmt: skip
-        self._load_data()
-        self.augment = Augmentation.from_dict(config.augment) if config.augment else None
-        self.augment_rng = torch.Generator().manual_seed(config.seed + 29 + ctx.rank)
+        # The saved state first: a resume that cannot be exact is refused before the data.
         if self.state_path.is_file():
             self.state = torch.load(self.state_path, map_location="cpu", weights_only=False)
         elif config.arch != "manas":  # a hand-designed baseline: nothing to search
@@ -181,6 +279,10 @@ class Trainer:
                 self._write_genotype()
         else:
             self.state = {"stage": "search", "epoch": 0, "history": {}, "genotype": None}
+        self._saved_rngs = saved_rng_states(self.state, ctx, self.state_path)
+        self._load_data()
+        self.augment = Augmentation.from_dict(config.augment) if config.augment else None
+        self.augment_rng = torch.Generator().manual_seed(config.seed + 29 + ctx.rank)
 
     # ---------------------------------------------------------------- data
 
@@ -205,6 +307,9 @@ class Trainer:
         self.data: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         for split in ("train", "arch", "test"):
             low, normal, spacing = prepared.arrays(split)
+            if len(spacing) and not (np.isfinite(spacing).all() and (spacing > 0).all()):
+                # Once per split, on the host: the simulator trusts spacings on the GPU.
+                raise InputProblem(prepared.folder, f"{split}: a pixel spacing is not > 0")
             self.data[split] = tuple(
                 torch.from_numpy(a).to(self.device)
                 for a in (low, normal, spacing.astype("float32"))
@@ -230,17 +335,32 @@ class Trainer:
                        "spec": spec.to_dict(), "reused": prepared.reused}  # fmt: skip
             (self.folder / "dataset.json").write_text(json.dumps(summary, indent=2))
 
-    def _batch(self, split: str, idx: Tensor, fresh: bool = True) -> tuple[Tensor, Tensor]:
-        """(low, normal) normalised [B, 1, H, W] on the device."""
+    def _on_device(self, batches: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """An epoch's index batches as (CPU, device) pairs, moved in one copy rather than one
+        per step. The CPU ones pick crop corners, which stay on the CPU (they become Python
+        ints), so no index makes a round trip from the device."""
+        if self.device.type == "cpu" or not batches:
+            return [(b, b) for b in batches]
+        flat = torch.cat(batches)
+        if self.device.type == "cuda":
+            flat = flat.pin_memory()  # lets the copy run without blocking the host
+        moved = flat.to(self.device, non_blocking=True).split([len(b) for b in batches])
+        return list(zip(batches, moved, strict=True))
+
+    def _batch(
+        self, split: str, idx: Tensor, fresh: bool = True, on_device: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(low, normal) normalised [B, 1, H, W] on the device; ``idx`` on the CPU and, if
+        already there, ``on_device`` the same indices on the device."""
         low, normal, spacing = self.data[split]
-        idx = idx.to(self.device)
-        nd = normal[idx][:, None]
+        at = idx.to(self.device) if on_device is None else on_device
+        nd = normal[at][:, None]
         if self.fresh is not None and fresh:
             native, corners = self.native[split]
             where = None if corners is None else corners[idx.cpu()]
-            ld = self.fresh(native[idx], spacing[idx], where)
+            ld = self.fresh(native[at], spacing[at], where)
         else:
-            ld = low[idx][:, None]
+            ld = low[at][:, None]
         if split == "train" and fresh and self.augment is not None:
             ld, nd = augment_pairs(ld, nd, self.augment, self.augment_rng)
         return normalize(ld), normalize(nd)
@@ -250,20 +370,31 @@ class Trainer:
     def _history(self, name: str, value: float) -> None:
         self.state["history"].setdefault(name, []).append(value)
 
-    def _save_state(self, **modules: object) -> None:
+    def _generators(self) -> dict[str, torch.Generator]:
+        """This process's random streams that a resume must continue."""
+        found = {"augment": self.augment_rng}
         if self.fresh is not None:
-            self.state["noise_rng"] = self.fresh.generator.get_state()
-        self.state["augment_rng"] = self.augment_rng.get_state()
+            found["noise"] = self.fresh.generator
+        return found
+
+    def _save_state(self, **modules: object) -> None:
+        """state.pt, with every process's generator states gathered to the main process
+        (each process draws its own augmentation and noise). Collective under torchrun."""
+        mine = {name: g.get_state() for name, g in self._generators().items()}
+        every = gather_to_main(self.ctx, mine)
         if self.ctx.is_main:
+            self.state["rng_per_rank"] = every
+            for old in ("noise_rng", "augment_rng"):  # the single-process keys of older runs
+                self.state.pop(old, None)
             self.state.update(modules)
             _save_atomically(self.state, self.state_path)
         barrier(self.ctx)
 
-    def _restore_noise(self) -> None:
-        if self.fresh is not None and "noise_rng" in self.state:
-            self.fresh.generator.set_state(self.state["noise_rng"])
-        if "augment_rng" in self.state:
-            self.augment_rng.set_state(self.state["augment_rng"])
+    def _restore_rngs(self) -> None:
+        """This process's own generator states from the loaded state.pt, if it has any."""
+        for name, g in self._generators().items():
+            if name in self._saved_rngs:
+                g.set_state(self._saved_rngs[name])
 
     def _write_genotype(self) -> None:
         """genotype.json and its picture, once the architecture is fixed."""
@@ -284,7 +415,7 @@ class Trainer:
     def run(self) -> dict:
         """Continue from the saved stage and epoch to the end; returns the test metrics."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self._restore_noise()
+        self._restore_rngs()
         if self.state["stage"] == "search":
             self._search()
         if self.state["stage"] == "retrain":
@@ -293,10 +424,43 @@ class Trainer:
             self._evaluate()
         return json.loads((self.folder / "metrics.json").read_text())
 
+    def _checkpointing(self, model: SuperNet) -> bool:
+        """Whether the search runs the super-net under activation checkpointing.
+
+        An explicit preset value (``--checkpoint/--no-checkpoint``, or an older run's
+        config) is kept. Otherwise off on a CPU (host memory: a CPU run is small), and on a
+        GPU on only when the plain step would not fit: checkpointing costs about one more
+        forward per pass, a waste on a GPU with the memory for the plain step (a paper
+        search needs ~21 GiB: an 80 GB GPU runs it plainly, a 24 GB one cannot). Under
+        torchrun every process takes it if any needs it. Outputs and gradients are the same
+        either way, so a resumed run may decide differently and still resume exactly."""
+        on, why = decide_checkpointing(
+            self.preset, self.device, sum(p.numel() for p in model.parameters())
+        )
+        on = any_flag(self.ctx, on)
+        if self.ctx.is_main:
+            console.print(f"activation checkpointing {'on' if on else 'off'}: {why}")
+        return on
+
+    def _check_finite(self, stage: str, epoch: int, *sums: LossSum) -> list[float]:
+        """The epoch's mean losses, read once; TrainingDiverged, on every process, if one
+        of them is NaN or infinite on any process (before the epoch is saved, so state.pt
+        keeps the last finite one)."""
+        means = [s.mean() for s in sums if s.count]
+        if any_flag(self.ctx, not all(math.isfinite(m) for m in means)):
+            raise TrainingDiverged(
+                f"{stage} epoch {epoch + 1}: the loss is not finite (training diverged); "
+                f"{self.state_path} keeps epoch {epoch}. A smaller learning rate (--lr) in a "
+                "new run is the usual cure: resuming repeats the same steps"
+            )
+        return means
+
     def _search(self) -> None:
         p, c, started = self.preset, self.config, time.perf_counter()
         torch.manual_seed(c.seed)
-        model = SuperNet(p.C, p.L, p.D, p.P, checkpoint=p.checkpoint).to(self.device)
+        model = SuperNet(p.C, p.L, p.D, p.P)
+        model.checkpoint = self._checkpointing(model)
+        model = model.to(self.device)
         forward = self._wrap(model)
         weights_opt = torch.optim.Adam(model.weights(), lr=p.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -310,31 +474,41 @@ class Trainer:
             schedule.load_state_dict(self.state["search_schedule"])
         n_train, n_arch = len(self.data["train"][1]), len(self.data["arch"][1])
         steps = math.ceil(n_train // self.ctx.world / p.batch)
-        with progress() as bar:
+        with progress_for(self.ctx) as bar:
             task = bar.add_task("Search", total=steps * p.search_epochs)
             bar.update(task, completed=steps * self.state["epoch"])
             for epoch in range(self.state["epoch"], p.search_epochs):
                 arch_on = epoch >= p.warmup_epochs
-                train_b = epoch_batches(n_train, p.batch, c.seed, "search", epoch, self.ctx)
-                arch_b = epoch_batches(n_arch, p.batch, c.seed + 1, "search", epoch, self.ctx)
-                losses, arch_losses = [], []
-                for i, idx in enumerate(train_b):
-                    arch_batch = self._batch("arch", arch_b[i % len(arch_b)]) if arch_on else None
+                train_b = self._on_device(
+                    epoch_batches(n_train, p.batch, c.seed, "search", epoch, self.ctx)
+                )
+                arch_b = self._on_device(
+                    epoch_batches(n_arch, p.batch, c.seed + 1, "search", epoch, self.ctx)
+                )
+                losses, arch_losses = LossSum(self.device), LossSum(self.device)
+                phase = "" if arch_on else " (weights only)"
+                title = f"Search {epoch + 1}/{p.search_epochs}{phase}"
+                for i, (idx, at) in enumerate(train_b):
+                    arch_batch = None
+                    if arch_on:
+                        a_idx, a_at = arch_b[i % len(arch_b)]
+                        arch_batch = self._batch("arch", a_idx, on_device=a_at)
                     w_loss, a_loss = search_step(
-                        forward, weights_opt, architect, self._batch("train", idx), arch_batch,
-                        self.loss, self.autocast,
+                        forward, weights_opt, architect, self._batch("train", idx, on_device=at),
+                        arch_batch, self.loss, self.autocast,
                     )  # fmt: skip
-                    losses.append(w_loss)
+                    losses.add(w_loss)
                     if a_loss is not None:
-                        arch_losses.append(a_loss)
-                    bar.update(task, advance=1, description=(
-                        f"Search {epoch + 1}/{p.search_epochs}"
-                        f"{'' if arch_on else ' (weights only)'} loss {w_loss:.2e}"
-                    ))  # fmt: skip
+                        arch_losses.add(a_loss)
+                    bar.update(task, advance=1)
+                    if not bar.disable and (i + 1) % LOG_EVERY == 0:
+                        bar.update(task, description=f"{title} loss {losses.mean():.2e}")
+                means = self._check_finite("search", epoch, losses, arch_losses)
+                bar.update(task, description=f"{title} loss {means[0]:.2e}")
                 schedule.step()
-                self._history("search_loss", sum(losses) / len(losses))
-                if arch_losses:
-                    self._history("search_arch_loss", sum(arch_losses) / len(arch_losses))
+                self._history("search_loss", means[0])
+                if arch_losses.count:
+                    self._history("search_arch_loss", means[1])
                 genotype = derive_genotype(model, p.K)
                 skips = {t: count_skip_connections(ops) for t, ops in genotype.cells.items()}
                 collapse = broadcast_flag(self.ctx, max(skips.values()) > MAX_SKIP_CONNECTIONS)
@@ -348,11 +522,12 @@ class Trainer:
                 stop = collapse and arch_on
                 if stop:
                     self.state["search_stopped_early"] = {"epoch": epoch + 1, "skips": skips}
-                    console.print(
-                        f"Search stopped after epoch {epoch + 1}: a derived cell would hold "
-                        f"more than {MAX_SKIP_CONNECTIONS} skip connections {skips}; keeping "
-                        "the last architecture that held at most two"
-                    )
+                    if self.ctx.is_main:
+                        console.print(
+                            f"Search stopped after epoch {epoch + 1}: a derived cell would hold "
+                            f"more than {MAX_SKIP_CONNECTIONS} skip connections {skips}; "
+                            "keeping the last architecture that held at most two"
+                        )
                 self.state["seconds_search"] = self.state.get("seconds_search", 0.0) + (
                     time.perf_counter() - started
                 )
@@ -393,31 +568,33 @@ class Trainer:
             schedule.load_state_dict(self.state["retrain_schedule"])
         n_train = len(self.data["train"][1])
         steps = math.ceil(n_train // self.ctx.world / p.batch)
-        with progress() as bar:
+        with progress_for(self.ctx) as bar:
             task = bar.add_task("Retrain", total=steps * p.retrain_epochs)
             bar.update(task, completed=steps * self.state["epoch"])
             for epoch in range(self.state["epoch"], p.retrain_epochs):
                 model.train()
-                losses = []
-                for idx in epoch_batches(n_train, p.batch, c.seed, "retrain", epoch, self.ctx):
-                    low, normal = self._batch("train", idx)
+                losses = LossSum(self.device)
+                title = f"Retrain {epoch + 1}/{p.retrain_epochs}"
+                batches = epoch_batches(n_train, p.batch, c.seed, "retrain", epoch, self.ctx)
+                for i, (idx, at) in enumerate(self._on_device(batches)):
+                    low, normal = self._batch("train", idx, on_device=at)
                     optimizer.zero_grad(set_to_none=True)
                     with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                         loss = self.loss(forward(low), normal)
                     loss.backward()
                     optimizer.step()
-                    losses.append(float(loss.detach()))
-                    bar.update(task, advance=1, description=(
-                        f"Retrain {epoch + 1}/{p.retrain_epochs} loss {losses[-1]:.2e}"
-                    ))  # fmt: skip
+                    losses.add(loss)
+                    bar.update(task, advance=1)
+                    if not bar.disable and (i + 1) % LOG_EVERY == 0:
+                        bar.update(task, description=f"{title} loss {losses.mean():.2e}")
+                (train_loss,) = self._check_finite("retrain", epoch, losses)
                 schedule.step()
                 val = self._quality(model, "arch")
                 val_psnr = mean_sd(val["psnr"])[0]
-                self._history("retrain_loss", sum(losses) / len(losses))
+                self._history("retrain_loss", train_loss)
                 self._history("val_psnr", val_psnr)
                 bar.update(task, description=(
-                    f"Retrain {epoch + 1}/{p.retrain_epochs} loss {losses[-1]:.2e} "
-                    f"val PSNR {val_psnr:.2f} dB"
+                    f"{title} loss {train_loss:.2e} val PSNR {val_psnr:.2f} dB"
                 ))  # fmt: skip
                 weights = {"genotype": self.state["genotype"], "state_dict": model.state_dict(),
                            "arch": c.arch, "dose": c.dose, "preset": p.name,
@@ -447,18 +624,20 @@ class Trainer:
 
     @torch.no_grad()
     def _quality(self, model: torch.nn.Module | None, split: str) -> dict[str, list[float]]:
-        """Per-slice quality on a split; ``model`` None measures the low-dose input itself."""
+        """Per-slice quality on a split; ``model`` None measures the low-dose input itself.
+        The values stay on the device until the split is done: one read, not one a batch."""
         if model is not None:
             model.eval()
         n = len(self.data[split][1])
-        out: dict[str, list[float]] = {}
+        parts: dict[str, list[Tensor]] = {}
         for start in range(0, n, 8):
             idx = torch.arange(start, min(start + 8, n))
-            low, normal = self._batch(split, idx, fresh=False)
+            at = torch.arange(start, min(start + 8, n), device=self.device)
+            low, normal = self._batch(split, idx, fresh=False, on_device=at)
             pred = low if model is None else model(low).float()
             for name, values in quality(pred.clamp(0, 1), normal).items():
-                out.setdefault(name, []).extend(values.tolist())
-        return out
+                parts.setdefault(name, []).append(values)
+        return {name: torch.cat(values).tolist() for name, values in parts.items()}
 
     def _evaluate(self) -> None:
         if self.ctx.is_main:
