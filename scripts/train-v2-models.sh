@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The next shipped models (recipe v2, not shipped yet: see bench/results/v2-trial-5pct.md):
+# The next shipped models (recipe v3, not shipped yet: bench/results/v3-trial-5pct.md ties):
 # train and export models/manas-{10,5,2.5}pct.onnx with the project's
 # own pipeline, MSE loss (no VGG-16 weights can be downloaded here), seed 0, augmentation
 # on with the noise gain x0.4-3.0 (the default). Data and split: scripts/v2-runs.sh.
 #
 #   1. search at 5 % with the `small` preset on 40 slices per training patient (64 px
 #      patches; about 40 minutes on 2 cores);
-#   2. retrain that architecture from scratch at 5 % with `cpu-long` (96 px patches of every
-#      training slice, 10 epochs: about 20 minutes on 2 cores);
+#   2. retrain that architecture from scratch at 5 % with `cpu-long` (sixteen 96 px patches
+#      of every training slice, 24 epochs: 66 minutes on 2 cores for the two abdomens);
+#      GENOTYPE (scripts/v2-runs.sh) skips step 1 with the architecture kept from v2;
 #   3. fine-tune the 5 % weights for 10 % and 2.5 % (2 epochs each at lr 3e-4, on data
 #      simulated at that dose) instead of searching and retraining each dose;
 #   4. export all three with a float16 variant and their cards.
@@ -25,16 +26,18 @@ export_model() {  # export DOSE
     "$BIN" export "$(newest_run manas "$1")" --out "models/manas-${1}pct.onnx" --fp16 --overwrite \
         --citation "Hong J, Reyngold M, Crane C, et al. (2021) Breath-hold CT and cone-beam CT images with expert manual organ-at-risk segmentations from radiation treatments of locally advanced pancreatic cancer (Pancreatic-CT-CBCT-SEG) [Data set]. The Cancer Imaging Archive. https://doi.org/10.7937/TCIA.ESHQ-4D90" \
         --citation "Wasserthal J, Breit H-C, Meyer MT, et al. (2023) TotalSegmentator: Robust Segmentation of 104 Anatomic Structures in CT Images. Radiology: Artificial Intelligence 5(5):e230024. https://doi.org/10.1148/ryai.230024 (example series, Apache-2.0)" \
-        --citation "Kuzmiak CM, Cole E, Zeng D, et al. (2016) Radiology Data from The Cancer Genome Atlas Thyroid Cancer [TCGA-THCA] collection. The Cancer Imaging Archive. https://doi.org/10.7937/K9/TCIA.2016.9ZFRVF1B (patient TCGA-DE-A4MA, CC BY 3.0)" \
         --citation "Clark K, Vendt B, Smith K, et al. (2013) The Cancer Imaging Archive (TCIA): Maintaining and Operating a Public Information Repository. J Digit Imaging 26(6):1045-1057. https://doi.org/10.1007/s10278-013-9622-7"
 }
 
-searched=$(newest_run manas 5 "$SEARCH_PRESET")
-if [ -z "$searched" ] || [ ! -f "$searched/genotype.json" ]; then  # search (1 retrain epoch)
-    train_or_resume manas 5 "$SEARCH_PRESET" --max-slices 40 --retrain-epochs 1
+searched=$GENOTYPE
+if [ -z "$searched" ]; then
     searched=$(newest_run manas 5 "$SEARCH_PRESET")
+    if [ -z "$searched" ] || [ ! -f "$searched/genotype.json" ]; then  # search (1 retrain epoch)
+        train_or_resume manas 5 "$SEARCH_PRESET" --max-slices 40 --retrain-epochs 1
+        searched=$(newest_run manas 5 "$SEARCH_PRESET")
+    fi
+    searched=$searched/genotype.json
 fi
-searched=$searched/genotype.json
 train_or_resume manas 5 "$PRESET" --genotype "$searched"
 export_model 5
 for d in 10 2.5; do
