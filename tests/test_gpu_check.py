@@ -74,7 +74,10 @@ def test_cpu_smoke_runs_every_section(tmp_path: Path) -> None:
     for row in inference["rows"]:
         assert positive(row["ms_per_slice"]) and positive(row["slices_per_s"]), row
         assert row["finite"] and math.isfinite(row["max_abs_diff_hu"])
-        assert 0 <= row["max_abs_diff_hu"] < bound, row
+        # bf16 keeps 8 significant bits, about 0.4 % of the output's HU: 4-14 HU on the kept
+        # nets here, a measurement the check reports, not a gate; a broken run is far above.
+        limit = 100.0 if row["precision"].startswith("bfloat16") else bound
+        assert 0 <= row["max_abs_diff_hu"] < limit, row
     float32 = [r for r in inference["rows"] if r["precision"] == "float32"]
     assert all(r["max_abs_diff_hu"] < 0.1 for r in float32)  # the CPU against itself
 
