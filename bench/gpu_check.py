@@ -150,6 +150,44 @@ def reset_peak(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def time_steps(
+    step: Callable[[], Any], cfg: Any, deadline: float, device, s: Any, label: str = ""
+) -> tuple[list[float], list[Any]]:
+    """``cfg.warm_steps`` untimed calls of ``step``, then up to ``cfg.timed_steps`` timed ones
+    while ``deadline`` allows: (seconds per step, each step's losses as floats). The peak
+    memory counter starts after the warm-up; losses are read after the timing."""
+    for _ in range(cfg.warm_steps):
+        step()
+    sync(device)
+    reset_peak(device)
+    times, losses = [], []
+    for _ in range(cfg.timed_steps):
+        if times and time.perf_counter() > deadline:
+            s.partial(f"{label}{len(times)} of {cfg.timed_steps} steps timed (time share used up)")
+            break
+        t = time.perf_counter()
+        losses.append(step())
+        sync(device)
+        times.append(time.perf_counter() - t)
+
+    def as_float(value: Any) -> float | None:  # a device tensor, a float or None
+        return None if value is None else float(value)
+
+    return times, [
+        tuple(map(as_float, out)) if isinstance(out, tuple) else as_float(out) for out in losses
+    ]
+
+
+def step_times(times: list[float], cfg: Any) -> dict[str, float | int]:
+    """The timing columns of a training-step row."""
+    return {
+        "s_per_step": round(statistics.median(times), 4),
+        "s_per_step_mean": round(statistics.fmean(times), 4),
+        "steps_timed": len(times),
+        "warm_steps": cfg.warm_steps,
+    }
+
+
 def peak_mib(device) -> dict[str, float | None]:
     """Peak allocated and reserved MiB since the last reset; None on a CPU (no counter)."""
     import torch
@@ -582,33 +620,14 @@ class Check:
             model.checkpoint = ckpt
             try:
 
-                def step() -> tuple[float, float | None]:
+                def step() -> tuple[Any, Any]:
                     return search_step(
                         model, weights_opt, architect, train, arch, loss_fn, autocast=True
                     )
 
-                for _ in range(cfg.warm_steps):
-                    step()
-                sync(dev)
-                reset_peak(dev)
-                times, losses = [], []
-                for _ in range(cfg.timed_steps):
-                    if times and time.perf_counter() > deadline:
-                        s.partial(
-                            f"checkpointing={ckpt}: {len(times)} of {cfg.timed_steps} "
-                            "steps timed (section time share used up)"
-                        )
-                        break
-                    t = time.perf_counter()
-                    w_loss, a_loss = step()
-                    sync(dev)
-                    times.append(time.perf_counter() - t)
-                    losses.append((w_loss, a_loss))
+                times, losses = time_steps(step, cfg, deadline, dev, s, f"checkpointing={ckpt}: ")
                 row.update(
-                    s_per_step=round(statistics.median(times), 4),
-                    s_per_step_mean=round(statistics.fmean(times), 4),
-                    steps_timed=len(times),
-                    warm_steps=cfg.warm_steps,
+                    **step_times(times, cfg),
                     last_loss=losses[-1][0],
                     last_arch_loss=losses[-1][1],
                     losses_finite=all(math.isfinite(v) for pair in losses for v in pair),
@@ -677,26 +696,11 @@ class Check:
             optimizer.step()
             return float(loss.detach())
 
-        for _ in range(cfg.warm_steps):
-            step()
-        sync(dev)
-        reset_peak(dev)
-        times, losses = [], []
-        for _ in range(cfg.timed_steps):
-            if times and time.perf_counter() > deadline:
-                s.partial(f"{len(times)} of {cfg.timed_steps} steps timed (time share used up)")
-                break
-            t = time.perf_counter()
-            losses.append(step())
-            sync(dev)
-            times.append(time.perf_counter() - t)
+        times, losses = time_steps(step, cfg, deadline, dev, s)
         s.rows.append(
             {
                 "checkpointing": False,
-                "s_per_step": round(statistics.median(times), 4),
-                "s_per_step_mean": round(statistics.fmean(times), 4),
-                "steps_timed": len(times),
-                "warm_steps": cfg.warm_steps,
+                **step_times(times, cfg),
                 "last_loss": losses[-1],
                 "losses_finite": all(math.isfinite(v) for v in losses),
                 **peak_mib(dev),

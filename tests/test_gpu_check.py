@@ -54,6 +54,7 @@ def test_cpu_smoke_runs_every_section(tmp_path: Path) -> None:
     assert [r["checkpointing"] for r in search["rows"]] == [True, False]
     for row in search["rows"]:
         assert positive(row["s_per_step"]) and row["steps_timed"] >= 1 and row["losses_finite"]
+        assert isinstance(row["last_loss"], float)  # a number in the json, not a tensor's repr
         assert row["peak_allocated_mib"] is None  # a CPU has no peak counter; CUDA fills it
     assert search["results"]["derived_edges"] >= 1
 
