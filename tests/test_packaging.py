@@ -17,9 +17,9 @@ import pydicom
 import pytest
 
 from manas_infer.runtime.install import gpu_install_advice, installed_builds
-from tests.conftest import REPO, copy_slices, need
+from tests.conftest import CT, REPO, copy_slices, need
 
-HEAD = REPO.parent / "shared" / "data" / "ct" / "ge-head-std"
+HEAD = CT / "ge-head-std"  # conftest's data root, $MANAS_SHARED_DATA included
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")  # the CPU build on disk (Makefile)
 
 
