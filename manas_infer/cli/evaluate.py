@@ -1,0 +1,216 @@
+"""``evaluate``: the comparison table and the physicist's battery."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from manas_infer.cli.common import (
+    _device,
+)
+from manas_infer.console import console, progress, report_problem
+from manas_infer.errors import InputProblem
+
+
+def evaluate(
+    methods: list[str] = typer.Argument(
+        None,
+        help="Run directories (MANAS, RED-CNN, DnCNN) and/or models (a name in models/ or "
+        "a .onnx path) to compare.",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="Full-dose CT series to test on (low dose simulated at --dose, or the real "
+        "low-dose series given with --low). Default: the first run's held-out test split. "
+        "With --phantom: the LCD-CT phantom folder.",
+    ),
+    phantom: bool = typer.Option(
+        False,
+        "--phantom",
+        help="Run the CT physicist's battery on the FDA LCD-CT phantom (MITA CCT189) instead "
+        "of patient pairs: noise SD and NPS, TTF of the phantom's edge and rods, and a "
+        "channelized Hotelling observer's AUC per rod with 95 % intervals, at each of the "
+        "phantom's own doses, for the input, BM3D and every run or model given. An option "
+        "of evaluate rather than a command of its own because it is the same comparison "
+        "(same methods, same runtime, same report folder) on a test object whose ground truth "
+        "and doses come with it, so --dose and --low do not apply. The folder: --data, "
+        "default ../shared/data/phantom/lcd-ct when present.",
+    ),
+    physics: bool = typer.Option(
+        True,
+        help="Add noise SD, noise power spectra (uniform soft tissue) and the TTF of the body "
+        "outline to the report of patient pairs.",
+    ),
+    dose: float | None = typer.Option(None, help="Dose in percent to simulate on --data."),
+    low: Path | None = typer.Option(
+        None,
+        help="A real low-dose series paired with the full-dose series in --data, slices "
+        "matched by position (e.g. quarter-dose / full-dose acquisitions).",
+    ),
+    bm3d: bool = typer.Option(True, help="Add the BM3D row (the bm3d package)."),
+    bm3d_sigma: float | None = typer.Option(
+        None, help="BM3D noise SD in HU. Default: estimated on each low-dose slice."
+    ),
+    max_slices: int | None = typer.Option(
+        None, min=1, help="Slices per series (evenly spaced), at most."
+    ),
+    figures: int = typer.Option(3, min=0, help="Slices shown side by side in the report."),
+    vgg_weights: Path | None = typer.Option(
+        None, help="VGG-16 weights for the perceptual metric; default: the torch hub cache."
+    ),
+    seed: int = typer.Option(0, help="Seed of the simulated noise."),
+    views: int = typer.Option(720, help="Projection angles for the dose simulation."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda: where the networks run."),
+    out: Path | None = typer.Option(
+        None, help="Report folder. Default: reports/evaluate-YYYYmmdd-HHMMSS."
+    ),
+) -> None:
+    """Compare denoisers as the paper's Tables 2-3 and Fig. 3 do: PSNR, SSIM (full range
+    and soft-tissue window) and the perceptual metric, mean +- SD, for the low-dose input,
+    BM3D and every run or model given, with parameters, FLOPs, time per slice and
+    side-by-side pictures, and as a CT physicist does (noise power spectrum, edge TTF;
+    with --phantom also low-contrast detectability), in a report folder (report.md,
+    metrics.json, PNGs)."""
+    import manas_infer.evaluate as evaluation
+    from manas_infer.runtime import ModelError
+
+    methods = methods or []
+    if phantom:
+        _evaluate_phantom(methods, data, dose, low, bm3d, bm3d_sigma, device, out)
+        return
+    if low is not None and data is None:
+        raise typer.BadParameter("--low needs the full-dose series in --data", param_hint="--low")
+    if data is not None and low is None and dose is None:
+        raise typer.BadParameter(
+            "give --dose to simulate, or --low for real pairs", param_hint="--dose"
+        )
+    if dose is not None and not 0 < dose <= 100:
+        raise typer.BadParameter(
+            f"dose must be in (0, 100] percent, got {dose:g}", param_hint="--dose"
+        )
+    runs = [m for m in methods if evaluation.is_run_dir(m)]
+    if data is None and not runs:
+        raise typer.BadParameter("no --data and no run directory to take a test split from",
+                                 param_hint="--data")  # fmt: skip
+    torch_device = _device(device)
+    try:
+        rows = [evaluation.method_for(m, device) for m in methods]
+    except (ModelError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]cannot evaluate:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if bm3d:
+        rows.append(evaluation.bm3d_method(bm3d_sigma))
+    try:
+        with progress() as bar:
+            task = bar.add_task("Reading slices", total=None)
+            if data is None:
+                pairs = evaluation.run_test_pairs(Path(runs[0]), max_slices)
+            elif low is not None:
+                pairs = evaluation.matched_pairs(low, data, max_slices, lambda: bar.advance(task))
+            else:
+                pairs = evaluation.simulated_pairs(
+                    data, dose, seed, max_slices, views, torch_device.type,
+                    lambda: bar.advance(task),
+                )  # fmt: skip
+            bar.update(task, total=len(pairs), completed=len(pairs))
+            for problem in pairs.problems:
+                report_problem(problem)
+            steps = bar.add_task("Evaluating", total=len(pairs) * (len(rows) + 1))
+            folder = out or Path("reports") / time.strftime("evaluate-%Y%m%d-%H%M%S")
+            metrics = evaluation.evaluate(
+                pairs, rows, folder, figures, vgg_weights,
+                settings={"dose_percent": dose, "seed": seed, "views": views,
+                          "device": torch_device.type, "bm3d_sigma": bm3d_sigma},
+                on_step=lambda name: bar.update(steps, advance=1, description=f"Evaluating {name}"),
+                physics=physics,
+            )  # fmt: skip
+    except InputProblem as problem:
+        report_problem(problem, "refused")
+        raise typer.Exit(1) from None
+    from rich.table import Table
+
+    table = Table(title=f"{metrics['slices']} slices: {metrics['source']}")
+    for column in ("method", "PSNR dB", "SSIM", "PSNR window", "SSIM window", "params", "s/slice"):
+        table.add_column(column)
+    for m in metrics["methods"]:
+        ms = m["mean_sd"]
+        table.add_row(
+            m["name"], f"{ms['psnr'][0]:.2f}", f"{ms['ssim'][0]:.4f}",
+            f"{ms['psnr_window'][0]:.2f}", f"{ms['ssim_window'][0]:.4f}",
+            "" if m["parameters"] is None else f"{m['parameters']:,}",
+            f"{m['seconds_per_slice'][0]:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"[green]report[/green] {folder / 'report.md'} ({metrics['perceptual']})",
+                  soft_wrap=True)  # fmt: skip
+    if pairs.problems:
+        raise typer.Exit(1)
+
+
+def _evaluate_phantom(
+    methods: list[str],
+    folder: Path | None,
+    dose: float | None,
+    low: Path | None,
+    bm3d: bool,
+    bm3d_sigma: float | None,
+    device: str,
+    out: Path | None,
+) -> None:
+    """``evaluate --phantom``: the physicist's battery on the LCD-CT phantom alone."""
+    import manas_infer.evaluate as evaluation
+    from manas_infer.runtime import ModelError
+
+    if dose is not None or low is not None:
+        raise typer.BadParameter("--phantom brings its own doses: no --dose or --low",
+                                 param_hint="--phantom")  # fmt: skip
+    folder = folder or evaluation.default_phantom_dir()
+    if folder is None:
+        raise typer.BadParameter("no LCD-CT phantom found at ../shared/data/phantom/lcd-ct: "
+                                 "give its folder with --data", param_hint="--data")  # fmt: skip
+    try:
+        lcd = evaluation.load_lcd_phantom(folder)
+        rows = [evaluation.method_for(m, device) for m in methods]
+    except InputProblem as problem:
+        report_problem(problem, "refused")
+        raise typer.Exit(1) from None
+    except (ModelError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]cannot evaluate:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if bm3d:
+        rows.append(evaluation.bm3d_method(bm3d_sigma))
+    report = out or Path("reports") / time.strftime("phantom-%Y%m%d-%H%M%S")
+    with progress() as bar:
+        steps = bar.add_task("Phantom battery", total=len(lcd.doses) * (len(rows) + 1))
+        metrics = evaluation.evaluate_phantom(
+            lcd, rows, report,
+            settings={"device": _device(device).type, "bm3d_sigma": bm3d_sigma},
+            on_step=lambda name: bar.update(steps, advance=1, description=f"Phantom: {name}"),
+        )  # fmt: skip
+    from rich.table import Table
+
+    battery = metrics["lcd"]
+    labels = [i["label"] for i in battery["phantom"]["inserts"]]
+    table = Table(title=f"LCD phantom {folder}: CHO AUC per rod")
+    for column in ("dose", "method", "noise SD", "NPS mean f", "edge f50", *labels):
+        table.add_column(column)
+    for r in battery["rows"]:
+        table.add_row(
+            f"{r['dose_percent']} %", r["method"], f"{r['nps']['sd_hu']:.1f}",
+            f"{r['nps']['mean_frequency']:.3f}", f"{r['ttf_outline']['f50'] or float('nan'):.3f}",
+            *(f"{r['cho'][i]['auc']:.2f}" + {"raises": " +", "lowers": " -"}.get(
+                r["cho"][i].get("vs_input", {}).get("verdict", ""), "") for i in labels),
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"[green]report[/green] {report / 'report.md'} (frequencies in mm^-1; "
+        "+ / -: AUC significantly above / below the input's)",
+        soft_wrap=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app."""
+    app.command()(evaluate)
