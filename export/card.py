@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,14 +13,6 @@ INTENDED_USE = (
     "a denoised series is a derived aid shown next to the original, never instead of it."
 )
 CITATION_FILES = ("CITATION.txt", "CITATION.md", "CITATION.cff")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def citation_files(root: Path, max_depth: int = 3) -> dict[str, str]:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from manas_infer.export.card import build_card, sha256
+from manas_infer.export.card import build_card
 from manas_infer.export.graph import HUModel
 from manas_infer.export.onnx_file import set_metadata, to_onnx
 from manas_infer.export.verify import Parity, compare
+from manas_infer.hashing import sha256
 from manas_infer.runtime.models import ModelError, card_path, models_dir, name_for_dose
 from manas_infer.runtime.providers import DEVICE_HELP, parse_device
 from manas_infer.train.run import load_run_config, load_trained, run_stage

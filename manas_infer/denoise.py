@@ -14,6 +14,7 @@ from manas_infer import __version__
 from manas_infer.data.derived import Derivation, WrittenSeries, write_derived_series
 from manas_infer.data.series import CTSeries
 from manas_infer.errors import InputProblem
+from manas_infer.hashing import sha256
 from manas_infer.runtime import Denoiser
 from manas_infer.runtime.guard import BIAS_GUARD_SIGMA_PX
 from manas_infer.runtime.strength import DEFAULT_STRENGTH, check_strength
@@ -29,7 +30,7 @@ def denoise_derivation(
     and the ContributionDescription; ``why`` (the automatic choice's reason) is appended to
     the DerivationDescription."""
     card = denoiser.card
-    digest = card.get("sha256") or _file_sha256(denoiser.path)
+    digest = card.get("sha256") or sha256(denoiser.path)
     dose = card.get("dose_percent")
     for_dose = f"{dose:g} % dose" if isinstance(dose, int | float) else "unknown dose"
     guard = BIAS_GUARD_SIGMA_PX
@@ -50,12 +51,6 @@ def denoise_derivation(
         equipment_model=f"manas-infer {denoiser.name}"[:64],
         contribution=f"AI denoising, strength {strength:g} % (not for primary diagnosis)",
     )
-
-
-def _file_sha256(path: Path) -> str:
-    from manas_infer.export.card import sha256
-
-    return sha256(path)
 
 
 @dataclass(frozen=True)

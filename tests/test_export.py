@@ -14,9 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from manas_infer.cli import app
-from manas_infer.export.card import sha256
 from manas_infer.export.graph import HUModel
 from manas_infer.export.pipeline import ExportError, export_run, latest_finished_run
+from manas_infer.hashing import sha256
 from manas_infer.hu import HU_MIN
 from manas_infer.runtime import (
     Denoiser,
