@@ -33,15 +33,17 @@ from pydicom.uid import (
 )
 from pynetdicom import evt
 
+from manas_infer.data.header import check_header
 from manas_infer.data.series import (
     CT_IMAGE_STORAGE,
     ENHANCED_CT_IMAGE_STORAGE,
-    check_header,
     read_hu_file,
     sop_class_of,
 )
 from manas_infer.dicom_node.config import NodeConfig
-from manas_infer.dicom_node.spool import SeriesRecord, Spool, State, is_disk_full, series_key
+from manas_infer.dicom_node.disk import is_disk_full
+from manas_infer.dicom_node.records import SeriesRecord, State
+from manas_infer.dicom_node.spool import Spool, series_key
 from manas_infer.errors import InputProblem
 
 log = logging.getLogger("manas_infer.node.intake")

@@ -25,7 +25,9 @@ from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
 from manas_infer.data.series import CT_IMAGE_STORAGE
 from manas_infer.dicom_node.config import Destination, NodeConfig
-from manas_infer.dicom_node.spool import DestState, SeriesRecord, Spool, State, is_disk_full
+from manas_infer.dicom_node.disk import is_disk_full
+from manas_infer.dicom_node.records import DestState, SeriesRecord, State
+from manas_infer.dicom_node.spool import Spool
 
 log = logging.getLogger("manas_infer.node.sender")
 

@@ -16,9 +16,10 @@ from pynetdicom.sop_class import Verification
 from manas_infer.dicom_node.config import NodeConfig
 from manas_infer.dicom_node.guard import GuardedServer, GuardSettings, known_host_check
 from manas_infer.dicom_node.intake import STORAGE_CLASSES, TRANSFER_SYNTAXES, Intake
+from manas_infer.dicom_node.records import State
 from manas_infer.dicom_node.routing import Router
 from manas_infer.dicom_node.sender import Sender
-from manas_infer.dicom_node.spool import Spool, State
+from manas_infer.dicom_node.spool import Spool
 from manas_infer.dicom_node.worker import Worker
 
 log = logging.getLogger("manas_infer.node")

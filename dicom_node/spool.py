@@ -12,13 +12,13 @@ Layout under the spool folder::
 
 ``<key>`` is a hash of the SeriesInstanceUID: safe as a folder name whatever a sender puts
 in the UID, and safe to log. One process owns a spool; threads share it through the
-per-series locks here.
+per-series locks here. What a record holds is ``records.py``; how a file is written whole,
+``disk.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -28,32 +28,22 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
-from enum import StrEnum
+from dataclasses import asdict
 from pathlib import Path
 
 from manas_infer.data.derived import fsync_dir
+from manas_infer.dicom_node.disk import (
+    disk_full_reason,
+    is_disk_full,
+    write_atomically,
+    write_synced,
+)
+from manas_infer.dicom_node.records import SeriesRecord, State
 
 log = logging.getLogger("manas_infer.node.spool")
 
 STATE_FILE = "state.json"
-HISTORY_LENGTH = 30
 SENT_MARK = " ok"
-
-
-class State(StrEnum):
-    RECEIVING = "receiving"  # instances arriving; complete after the stable age
-    QUEUED = "queued"  # complete, waiting for the worker
-    PROCESSING = "processing"  # being denoised
-    SENDING = "sending"  # derived series written, destinations pending
-    SENT = "sent"  # every destination accepted every instance
-    FAILED = "failed"  # processing failed, or a destination failed permanently
-
-
-class DestState(StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"
 
 
 def series_key(series_uid: str) -> str:
@@ -67,93 +57,6 @@ def instance_file_name(sop_uid: str) -> str:
     if re.fullmatch(r"[0-9][0-9.]{0,63}", sop_uid):
         return f"{sop_uid}.dcm"
     return hashlib.sha256(sop_uid.encode()).hexdigest()[:40] + ".dcm"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temporary file beside ``path``, fsync, rename, fsync the folder: all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave the half-written copy
-        raise
-    fsync_dir(path.parent)
-
-
-def _disk_full_reason(exc: BaseException | None) -> str:
-    """The OS's words for the full disk (not the wrapping message with its long path)."""
-    cause = exc
-    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
-        cause = cause.__cause__ or cause.__context__
-    return cause.strerror if isinstance(cause, OSError) else str(exc)
-
-
-def is_disk_full(exc: BaseException | None) -> bool:
-    """Whether an error is (or was caused by) a full disk or quota: transient, unlike the
-    other OS errors. Follows the cause chain (the series writer wraps its OSError)."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
-@dataclass
-class DestinationProgress:
-    """One destination's view of one series."""
-
-    state: str = DestState.PENDING
-    attempts: int = 0
-    first_failure: float | None = None
-    last_error: str | None = None
-    sent: int = 0
-    total: int = 0
-
-
-@dataclass
-class SeriesRecord:
-    """What ``state.json`` holds for one series (no patient data: UIDs, counts, reasons)."""
-
-    key: str
-    series_uid: str
-    state: str = State.RECEIVING
-    calling_ae: str = ""
-    calling_host: str = ""
-    first_received: float = 0.0
-    updated: float = 0.0
-    generation: int = 0  # bumped when new instances reopen a series that was taken
-    instances: int = 0
-    model: str | None = None
-    route: str | None = None
-    derived_series_uid: str | None = None
-    derived_slices: int = 0
-    processed_at: float | None = None
-    destinations: dict[str, DestinationProgress] = field(default_factory=dict)
-    error: str | None = None
-    history: list[list] = field(default_factory=list)
-    retry_after: float = 0.0  # queued but not before this time (after a full disk)
-    disk_full_retries: int = 0
-    refused_over_limit: int = 0  # limits.max_slices when the series was refused whole
-
-    def note(self, text: str) -> None:
-        """Add an event to the series' short history (shown by node-status)."""
-        self.history.append([round(time.time(), 3), text])
-        del self.history[:-HISTORY_LENGTH]
-
-    @classmethod
-    def from_json(cls, data: dict) -> SeriesRecord:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["destinations"] = {
-            name: DestinationProgress(**d) for name, d in data.get("destinations", {}).items()
-        }
-        return cls(**values)
 
 
 class Spool:
@@ -213,9 +116,13 @@ class Spool:
 
     def records(self, *states: str) -> list[SeriesRecord]:
         """Copies of the records (only those in ``states`` if given), oldest first."""
-        keys = [k for k, r in list(self._records.items()) if not states or r.state in states]
-        found = [self.get(k) for k in keys]
-        return sorted((r for r in found if r), key=lambda r: r.first_received)
+        keys = [
+            key
+            for key, record in list(self._records.items())
+            if not states or record.state in states
+        ]
+        found = [self.get(key) for key in keys]
+        return sorted((record for record in found if record), key=lambda r: r.first_received)
 
     def save(self, record: SeriesRecord) -> None:
         record.updated = time.time()
@@ -237,7 +144,7 @@ class Spool:
     def due(self, state: str, now: float | None = None) -> list[SeriesRecord]:
         """Records in ``state`` whose back-off (``retry_after``) has passed, oldest first."""
         now = time.time() if now is None else now
-        return [r for r in self.records(state) if r.retry_after <= now]
+        return [record for record in self.records(state) if record.retry_after <= now]
 
     def requeue_disk_full(
         self, key: str, generation: int, exc: BaseException, initial: float, most: float
@@ -251,17 +158,13 @@ class Spool:
             record = self.get(key)
             if record is None:
                 return None
-            folder = self.series_dir(key)
-            for junk in folder.glob(".derived.partial-*"):
-                shutil.rmtree(junk, ignore_errors=True)
-            for junk in folder.glob(".*.tmp-*"):
-                junk.unlink(missing_ok=True)
+            _drop_partial_writes(self.series_dir(key))
             wait = min(initial * 2**record.disk_full_retries, most)
             if record.generation == generation:  # not reopened by new instances meanwhile
                 record.state = State.QUEUED
             record.disk_full_retries += 1
             record.retry_after = time.time() + wait
-            reason = _disk_full_reason(exc)
+            reason = disk_full_reason(exc)
             record.note(f"disk full while processing ({reason}); queued again, retry in {wait:g} s")
             try:
                 self.save(record)
@@ -282,7 +185,7 @@ class Spool:
 
     def known_derived(self, series_uid: str) -> bool:
         """Whether a series UID is one this node produced (its output routed back)."""
-        return any(r.derived_series_uid == series_uid for r in self._records.values())
+        return any(record.derived_series_uid == series_uid for record in self._records.values())
 
     # ---- instances
     def instance_path(self, key: str, sop_uid: str) -> Path:
@@ -294,14 +197,7 @@ class Spool:
         staging = self.root / "tmp"
         staging.mkdir(parents=True, exist_ok=True)
         tmp = staging / f".tmp-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_synced(tmp, data)
         return tmp
 
     def publish(self, key: str, tmp: Path, sop_uid: str) -> None:
@@ -324,7 +220,7 @@ class Spool:
         folder = self.incoming_dir(key)
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if p.suffix == ".dcm" and p.is_file())
+        return sorted(path for path in folder.iterdir() if path.suffix == ".dcm" and path.is_file())
 
     def last_arrival(self, key: str) -> float:
         """When the series last grew: this process's clock, else the folder's mtime (the
@@ -351,32 +247,32 @@ class Spool:
         path = self._journal(key, destination)
         with self._journal_guard:
             new = not path.exists()
-            with open(path, "a", encoding="ascii") as f:
-                if f.tell() and not _ends_with_newline(path):
-                    f.write("\n")  # a torn line from a crash stays a line of its own
-                f.write(sop_uid + SENT_MARK + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            with open(path, "a", encoding="ascii") as journal:
+                if journal.tell() and not _ends_with_newline(path):
+                    journal.write("\n")  # a torn line from a crash stays a line of its own
+                journal.write(sop_uid + SENT_MARK + "\n")
+                journal.flush()
+                os.fsync(journal.fileno())
             if new:
                 fsync_dir(path.parent)
 
     def record_failure(self, **entry: object) -> None:
         """Append one permanent failure to failures.jsonl (kept for people and node-status)."""
         entry = {"time": round(time.time(), 3), **entry}
-        with self._journal_guard, open(self.root / "failures.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        with self._journal_guard, open(self.root / "failures.jsonl", "a") as failures:
+            failures.write(json.dumps(entry) + "\n")
+            failures.flush()
+            os.fsync(failures.fileno())
 
     def failures(self) -> list[dict]:
         path = self.root / "failures.jsonl"
         if not path.is_file():
             return []
-        out = []
+        entries = []
         for line in path.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
-        return out
+                entries.append(json.loads(line))
+        return entries
 
     # ---- housekeeping
     def disk_used_percent(self) -> float:
@@ -394,10 +290,7 @@ class Spool:
         for folder in sorted(self.series_root.iterdir()):
             if not folder.is_dir():
                 continue
-            for junk in folder.glob(".derived.partial-*"):
-                shutil.rmtree(junk, ignore_errors=True)
-            for junk in folder.glob(".*.tmp-*"):
-                junk.unlink(missing_ok=True)
+            _drop_partial_writes(folder)
             key = folder.name
             record = self._records.get(key)
             has_files = bool(self.instance_files(key))
@@ -429,10 +322,18 @@ class Spool:
             self._arrivals.pop(key, None)
 
 
+def _drop_partial_writes(folder: Path) -> None:
+    """Remove what an interrupted write left in a series folder (never a finished file)."""
+    for junk in folder.glob(".derived.partial-*"):
+        shutil.rmtree(junk, ignore_errors=True)
+    for junk in folder.glob(".*.tmp-*"):
+        junk.unlink(missing_ok=True)
+
+
 def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
+    with open(path, "rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
 
 
 def _series_uid_of(path: Path) -> str | None:

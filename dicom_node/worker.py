@@ -14,14 +14,10 @@ from collections.abc import Callable
 from manas_infer.data.series import scan
 from manas_infer.denoise import denoise_series
 from manas_infer.dicom_node.config import NodeConfig
+from manas_infer.dicom_node.disk import is_disk_full
+from manas_infer.dicom_node.records import DestinationProgress, SeriesRecord, State
 from manas_infer.dicom_node.routing import Route, Router, series_ctdivol
-from manas_infer.dicom_node.spool import (
-    DestinationProgress,
-    SeriesRecord,
-    Spool,
-    State,
-    is_disk_full,
-)
+from manas_infer.dicom_node.spool import Spool
 from manas_infer.errors import InputProblem
 from manas_infer.runtime import Denoiser, ModelChoice
 

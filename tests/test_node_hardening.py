@@ -31,8 +31,9 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
 from manas_infer.dicom_node.config import NodeConfig, load_config
+from manas_infer.dicom_node.records import State
 from manas_infer.dicom_node.server import Node, setup_logging
-from manas_infer.dicom_node.spool import State, series_key
+from manas_infer.dicom_node.spool import series_key
 
 NODE_AET = "MANAS"
 
@@ -454,8 +455,9 @@ def test_a_full_disk_while_journalling_is_retried_by_the_sender(
     """Finding 4 at the last step: the sent journal cannot be appended (disk full). The
     sender waits with its back-off and delivers the rest, without a restart and without
     a traceback in the log; nothing accepted and journalled is sent twice."""
+    from manas_infer.dicom_node.records import DestinationProgress, SeriesRecord
     from manas_infer.dicom_node.sender import Sender
-    from manas_infer.dicom_node.spool import DestinationProgress, SeriesRecord, Spool
+    from manas_infer.dicom_node.spool import Spool
 
     spool = Spool(tmp_path / "spool")
     key = series_key("1.2.826.0.1.7")

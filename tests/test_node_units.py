@@ -23,15 +23,10 @@ from typer.testing import CliRunner
 
 from manas_infer.cli import app
 from manas_infer.dicom_node.config import NodeConfigError, load_config, parse_override
+from manas_infer.dicom_node.records import DestinationProgress, SeriesRecord, State
 from manas_infer.dicom_node.routing import Router
 from manas_infer.dicom_node.sender import Sender
-from manas_infer.dicom_node.spool import (
-    DestinationProgress,
-    SeriesRecord,
-    Spool,
-    State,
-    series_key,
-)
+from manas_infer.dicom_node.spool import Spool, series_key
 
 runner = CliRunner()
 ALLOW = "security.allow_any=true"
