@@ -64,7 +64,7 @@ def latest_finished_run(runs_root: Path) -> Path:
 def verification_slices(run_dir: Path, count: int = 3) -> tuple[np.ndarray, str]:
     """Whole native slices (HU) of the run's held-out test patient, from its dataset cache;
     the synthetic phantom when that cache is gone (the card says which)."""
-    from manas_infer.data.dataset import PreparedDataset
+    from manas_infer.train.dataset import PreparedDataset
 
     dataset = json.loads((run_dir / "dataset.json").read_text())
     folder = Path(dataset["folder"])

@@ -1,5 +1,6 @@
-"""Training data (``manas_infer.data.dataset``): the patient-wise split of real CT, the
-resized and simulated pairs, the cache and its manifest, and the refusals before any work.
+"""Training data (``manas_infer.train.dataset``, built by ``train.prepare``): the
+patient-wise split of real CT, the resized and simulated pairs, the cache and its manifest,
+and the refusals before any work.
 
 Small on purpose: 64x64 slices, 90 projection views, at most 6 slices per patient."""
 
@@ -19,22 +20,20 @@ import SimpleITK as sitk
 import torch
 from conftest import CHEST, CT, J2K, PANCREAS, need
 
-import manas_infer.data.dataset as dataset_module
-from manas_infer.data.dataset import (
-    SPLITS,
-    DatasetSpec,
-    FreshNoise,
-    PreparedDataset,
-    SlicePairs,
-    SplitConfig,
-    find_sources,
-    prepare_dataset,
-    to_training_size,
-)
+import manas_infer.train.prepare as prepare_module
 from manas_infer.data.phantom import phantom_volume
 from manas_infer.data.series import scan
 from manas_infer.errors import InputProblem
 from manas_infer.simulate.dose import DoseSettings
+from manas_infer.train.dataset import (
+    SPLITS,
+    DatasetSpec,
+    FreshNoise,
+    PreparedDataset,
+    SplitConfig,
+    to_training_size,
+)
+from manas_infer.train.prepare import find_sources, prepare_dataset
 
 SIZE, VIEWS, MAX_SLICES = 64, 90, 6
 CHEST_FOLDER = "lung-pet-ct-dx-a0001"
@@ -213,7 +212,7 @@ def test_arrays_hold_resized_slices_and_dose_dependent_noise(
 def test_same_call_reuses_the_cache(
     built: dict[float, PreparedDataset], cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dataset_module, "LowDoseSimulator", _NoSimulation)
+    monkeypatch.setattr(prepare_module, "LowDoseSimulator", _NoSimulation)
     first = built[10.0]
     totals: list[int] = []
     started = time.perf_counter()
@@ -263,7 +262,7 @@ def test_patient_id_selects_the_same_test_set_as_the_folder_name(
 
 
 def _must_not_start(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    monkeypatch.setattr(dataset_module, "LowDoseSimulator", _NoSimulation)
+    monkeypatch.setattr(prepare_module, "LowDoseSimulator", _NoSimulation)
     return []
 
 
@@ -530,6 +529,23 @@ def test_patches_are_native_crops_inside_the_body(cache: Path) -> None:
                   torch.from_numpy(corners))  # fmt: skip
     assert drawn.shape == (6, 1, 32, 32)
     assert 0.6 < float((drawn[:, 0] - torch.from_numpy(normal)).std()) / (low - normal).std() < 1.6
+
+
+class SlicePairs(torch.utils.data.Dataset):
+    """(low dose, normal dose, pixel spacing) per slice of one split, as [1, H, W] HU
+    tensors: the cache serves a plain torch Dataset and DataLoader (the trainer itself
+    keeps each split on the device instead)."""
+
+    def __init__(self, prepared: PreparedDataset, split: str) -> None:
+        low, normal, spacing = prepared.arrays(split)
+        self.low, self.normal = torch.from_numpy(low), torch.from_numpy(normal)
+        self.spacing = torch.from_numpy(spacing.astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.normal)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.low[i][None], self.normal[i][None], self.spacing[i]
 
 
 def test_slice_pairs_serve_one_split(built: dict[float, PreparedDataset]) -> None:

@@ -49,7 +49,8 @@ def prepare(
     same data and settings reuses it). `train` does this itself; run it alone to check the
     data or to build the cache ahead of time."""
     from manas_infer.config import ConfigError, cache_root, resolve_data_root
-    from manas_infer.data.dataset import DatasetSpec, SplitConfig, prepare_dataset
+    from manas_infer.train.dataset import DatasetSpec, SplitConfig
+    from manas_infer.train.prepare import prepare_dataset
 
     try:
         root = resolve_data_root(data)
@@ -294,7 +295,7 @@ def train(
                 from manas_infer.train.perceptual import find_vgg16_weights
 
                 find_vgg16_weights(vgg_weights)
-            from manas_infer.data.dataset import check_data
+            from manas_infer.train.prepare import check_data
             from manas_infer.train.run import dataset_spec
 
             check_data(Path(config.data_root), dataset_spec(config))

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from manas_infer.data.dataset import PreparedDataset, evenly_spaced
 from manas_infer.data.series import CTSeries, scan
 from manas_infer.errors import InputProblem
 from manas_infer.simulate.dose import DoseSettings, LowDoseSimulator
+from manas_infer.train.dataset import PreparedDataset, evenly_spaced
 
 
 @dataclass

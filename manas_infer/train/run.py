@@ -42,7 +42,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from manas_infer import __version__
 from manas_infer.console import console, progress
-from manas_infer.data.dataset import DatasetSpec, FreshNoise, SplitConfig, prepare_dataset
 from manas_infer.errors import InputProblem
 from manas_infer.hu import normalize
 from manas_infer.metrics import mean_sd, quality
@@ -50,6 +49,7 @@ from manas_infer.simulate.dose import DoseSettings
 from manas_infer.train.architect import Architect, search_step
 from manas_infer.train.augment import Augmentation, augment_pairs
 from manas_infer.train.baselines import build_baseline
+from manas_infer.train.dataset import DatasetSpec, FreshNoise, SplitConfig
 from manas_infer.train.derive import (
     MAX_SKIP_CONNECTIONS,
     count_skip_connections,
@@ -67,6 +67,7 @@ from manas_infer.train.genotype import Genotype
 from manas_infer.train.loss import DenoiseLoss
 from manas_infer.train.network import DerivedNetwork
 from manas_infer.train.operations import PRIMITIVES
+from manas_infer.train.prepare import prepare_dataset
 from manas_infer.train.presets import Preset, search_needs_checkpoint, search_step_bytes
 from manas_infer.train.profile import count_flops, count_parameters
 from manas_infer.train.supernet import SuperNet

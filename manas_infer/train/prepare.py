@@ -1,0 +1,421 @@
+"""Building the training cache: find the CT under a data root, split it patient-wise,
+simulate each kept slice at low dose once, and write the pairs with their manifest.
+
+``train/dataset.py`` states the protocol and reads what this writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from manas_infer import __version__
+from manas_infer.data.series import CTSeries, scan
+from manas_infer.data.volume import CTVolume, is_volume_file
+from manas_infer.errors import InputProblem
+from manas_infer.simulate.dose import LowDoseSimulator
+from manas_infer.train.dataset import (
+    CACHE_FORMAT,
+    DatasetSpec,
+    PreparedDataset,
+    SplitConfig,
+    evenly_spaced,
+    pad_to_square,
+    patch_corners,
+    training_views,
+)
+
+Source = CTSeries | CTVolume
+# One source of the plan: its role ("train" or "test") and the indices of its kept slices.
+Planned = tuple[str, Source, np.ndarray]
+
+# --------------------------------------------------------------------------------------
+# Finding the data
+
+
+def _patient_of(source: Source, root: Path) -> str:
+    """Patient key: a volume's first folder under the root (one folder per patient), or
+    its file name; a DICOM series' PatientID (else its study or folder)."""
+    if isinstance(source, CTVolume):
+        relative = source.path.relative_to(root) if source.path.is_relative_to(root) else None
+        if relative is not None and len(relative.parts) > 1:
+            return relative.parts[0]
+        return source.patient_key
+    return source.patient_key
+
+
+def find_sources(
+    root: Path, volume_hu_offset: float = 0.0
+) -> tuple[list[Source], list[InputProblem]]:
+    """Every usable CT series and volume file under ``root``, and what could not be used."""
+    root = Path(root)
+    report = scan(root)
+    sources: list[Source] = list(report.series)
+    # scan() reports a folder with no DICOM; that is no problem when it holds volumes.
+    problems = [
+        problem
+        for problem in report.problems
+        if not is_volume_file(problem.path)
+        and not (problem.problem == "no DICOM files found" and problem.path == root)
+    ]
+    for path in report.ignored:
+        if is_volume_file(path):
+            try:
+                volume = CTVolume(path, hu_offset=volume_hu_offset)
+            except InputProblem as problem:
+                problems.append(problem)
+                continue
+            volume.patient_key = _patient_of(volume, root)
+            sources.append(volume)
+    if not sources:
+        problems.append(InputProblem(root, "no DICOM files or CT volumes found"))
+    return sources, problems
+
+
+def _folder_names(source: Source, root: Path) -> set[str]:
+    where = source.path if isinstance(source, CTVolume) else source.folder
+    try:
+        return set(where.relative_to(root).parts)
+    except ValueError:
+        return {where.name}
+
+
+def _named_test_patients(
+    names: tuple[str, ...], root: Path, by_patient: dict[str, list[Source]]
+) -> list[str]:
+    """The patients that ``--test-patient`` names (a PatientID or a folder name each)."""
+    test: list[str] = []
+    for token in names:
+        matches = [
+            patient
+            for patient, sources in sorted(by_patient.items())
+            if patient == token or any(token in _folder_names(s, root) for s in sources)
+        ]
+        if not matches:
+            every = [s for sources in by_patient.values() for s in sources]
+            known = ", ".join(sorted({name for s in every for name in _folder_names(s, root)}))
+            raise InputProblem(root, f"test patient {token!r} not found (folders: {known})")
+        test += [match for match in matches if match not in test]
+    return test
+
+
+def assign_patients(
+    sources: list[Source], root: Path, split: SplitConfig
+) -> tuple[list[str], list[str], dict[str, list[Source]]]:
+    """(train patients, test patients, sources per patient), refusing impossible splits."""
+    by_patient: dict[str, list[Source]] = defaultdict(list)
+    for source in sources:
+        by_patient[_patient_of(source, root)].append(source)
+    patients = sorted(by_patient)
+    if len(patients) < 2:
+        raise InputProblem(
+            root, f"a patient-wise split needs at least 2 patients, found {len(patients)}"
+        )
+    if split.test_patients:
+        test = _named_test_patients(split.test_patients, root, by_patient)
+    else:
+        if split.n_test_patients >= len(patients):
+            raise InputProblem(
+                root,
+                f"{split.n_test_patients} test patient(s) leave none for training "
+                f"({len(patients)} patients found)",
+            )
+        order = np.random.default_rng(split.seed).permutation(len(patients))
+        test = sorted(patients[i] for i in order[: split.n_test_patients])
+    train = [patient for patient in patients if patient not in test]
+    if not train:
+        raise InputProblem(root, "every patient is a test patient: none left for training")
+    return train, test, by_patient
+
+
+def check_data(root: Path, spec: DatasetSpec):
+    """(sources, problems, (train patients, test patients, sources per patient)), or an
+    InputProblem when the data cannot give the split: cheap, headers only, so commands
+    call it before they start any work or create any folder."""
+    sources, problems = find_sources(Path(root), spec.volume_hu_offset)
+    if not sources:
+        raise problems[0] if problems else InputProblem(root, "no usable CT found")
+    return sources, problems, assign_patients(sources, Path(root), spec.split)
+
+
+# --------------------------------------------------------------------------------------
+# Planning and simulating
+
+
+def _cache_key(sources: list[Source], spec: DatasetSpec) -> str:
+    described = sorted((s.series_uid, s.n_slices) for s in sources)
+    payload = json.dumps(
+        {"format": CACHE_FORMAT, "sources": described, "spec": spec.to_dict()}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _plan(
+    train_patients: list[str],
+    test_patients: list[str],
+    by_patient: dict[str, list[Source]],
+    max_slices: int | None,
+) -> list[Planned]:
+    """Every source with the slices kept of it: at most ``max_slices`` a patient, evenly
+    spaced over all of the patient's series together."""
+    plan: list[Planned] = []
+    for patient in train_patients + test_patients:
+        role = "test" if patient in test_patients else "train"
+        n_total = sum(s.n_slices for s in by_patient[patient])
+        keep = set(evenly_spaced(n_total, max_slices).tolist())
+        offset = 0
+        for source in by_patient[patient]:
+            chosen = np.array([i for i in range(source.n_slices) if i + offset in keep], int)
+            offset += source.n_slices
+            if len(chosen):
+                plan.append((role, source, chosen))
+    return plan
+
+
+def _slice_uid(source: Source, index: int) -> str:
+    if isinstance(source, CTVolume):
+        return source.slice_uid(index)
+    return source.slices[index].sop_instance_uid
+
+
+def _decode_slices(
+    source: CTSeries, chosen: np.ndarray, problems: list[InputProblem]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the chosen indices that decode, their HU [n, H, W]); each slice that does not
+    decode (a truncated export, say) is added to ``problems`` by name and left out, so one
+    bad file never ends a training run."""
+    kept, slices = [], []
+    for i in chosen:
+        try:
+            slices.append(source.read_slice_hu(int(i)))
+        except InputProblem as problem:
+            problems.append(problem)
+            continue
+        kept.append(int(i))
+    volume = np.stack(slices) if slices else np.empty((0, *source.shape), np.float32)
+    return np.asarray(kept, dtype=np.int64), volume
+
+
+@dataclass
+class _Pairs:
+    """The cache's arrays as they fill: one row per pair (a resized slice or one patch),
+    allocated for every planned slice, trimmed to those that decoded."""
+
+    normal: np.ndarray  # [rows, size, size] HU
+    low: np.ndarray
+    spacing: np.ndarray  # [rows] native pixel size, mm
+    corners: np.ndarray  # [rows, 2] patch corners (zeros for whole slices)
+    native_index: np.ndarray  # [rows] which native slice each pair was cut from
+    natives: list[np.ndarray] = field(default_factory=list)  # int16 HU, one per slice
+    records: list[dict] = field(default_factory=list)  # the manifest's "slices"
+    roles: list[str] = field(default_factory=list)
+
+    @classmethod
+    def allocate(cls, rows: int, size: int) -> _Pairs:
+        normal = np.empty((rows, size, size), np.float32)
+        return cls(
+            normal=normal,
+            low=np.empty_like(normal),
+            spacing=np.empty(rows, np.float64),
+            corners=np.zeros((rows, 2), np.int64),
+            native_index=np.empty(rows, np.int64),
+        )
+
+    def add_slice(
+        self,
+        square: torch.Tensor,
+        noisy: torch.Tensor,
+        where: np.ndarray,
+        spec: DatasetSpec,
+        record: dict,
+        role: str,
+        spacing_mm: float,
+    ) -> None:
+        """One native slice pair [1, M, M] -> a row per corner of ``where`` (one row of
+        the resized whole slice when ``spec.patch`` is off)."""
+        first = len(self.records)
+        for corner in where:
+            row = len(self.records)
+            view = torch.as_tensor(corner)[None] if spec.patch else None
+            self.normal[row] = training_views(square, spec.size, view)[0]
+            self.low[row] = training_views(noisy, spec.size, view)[0]
+            self.corners[row] = corner
+            self.native_index[row] = len(self.natives)
+            corner_list = [int(v) for v in corner] if spec.patch else None
+            self.records.append({**record, "corner": corner_list})
+            self.roles.append(role)
+        self.spacing[first : len(self.records)] = spacing_mm
+        native = np.clip(np.rint(square[0].numpy()), -32768, 32767).astype(np.int16)
+        self.natives.append(native)
+
+    def trim(self) -> None:
+        """Drop the rows of slices that could not be decoded."""
+        rows = len(self.records)
+        self.normal, self.low, self.spacing = (
+            self.normal[:rows],
+            self.low[:rows],
+            self.spacing[:rows],
+        )
+        self.corners, self.native_index = self.corners[:rows], self.native_index[:rows]
+
+
+@dataclass
+class _Simulation:
+    """The seeded simulator and random streams of one cache build."""
+
+    spec: DatasetSpec
+    simulator: LowDoseSimulator
+    generator: torch.Generator  # the noise, on the simulator's device
+    rng: np.random.Generator  # patch corners, then the arch-data draw
+    batch: int
+
+    @classmethod
+    def start(cls, spec: DatasetSpec, device: torch.device | str, batch: int) -> _Simulation:
+        simulator = LowDoseSimulator(spec.dose, device=device)
+        generator = torch.Generator(device=simulator.device).manual_seed(spec.split.seed)
+        return cls(spec, simulator, generator, np.random.default_rng(spec.split.seed), batch)
+
+    def add_source(
+        self,
+        pairs: _Pairs,
+        planned: Planned,
+        problems: list[InputProblem],
+        on_slice: Callable[[int], None] | None,
+    ) -> None:
+        """Read the kept slices of one source, simulate them in batches, add their pairs."""
+        role, source, chosen = planned
+        if isinstance(source, CTVolume):
+            volume = source.read_hu()[chosen]
+        else:  # decode only the slices kept, not the whole series
+            planned_count = len(chosen)
+            chosen, volume = _decode_slices(source, chosen, problems)
+            if on_slice is not None and len(chosen) < planned_count:
+                on_slice(planned_count - len(chosen))
+        spec, count = self.spec, self.spec.patches_per_slice if self.spec.patch else 1
+        for start in range(0, len(chosen), self.batch):
+            square = pad_to_square(torch.from_numpy(volume[start : start + self.batch]))
+            noisy = self.simulator.simulate(
+                square.to(self.simulator.device), source.pixel_spacing[0], generator=self.generator
+            ).cpu()
+            for b, i in enumerate(chosen[start : start + self.batch]):
+                if spec.patch:
+                    where = patch_corners(square[b].numpy(), spec.size, count, self.rng)
+                else:
+                    where = np.zeros((1, 2), np.int64)
+                record = {
+                    "patient": source.patient_hash,
+                    "series_uid": source.series_uid,
+                    "slice_uid": _slice_uid(source, int(i)),
+                    "source_index": int(i),
+                }
+                pairs.add_slice(square[b : b + 1], noisy[b : b + 1], where, spec, record, role,
+                                source.pixel_spacing[0])  # fmt: skip
+            if on_slice is not None:
+                on_slice(len(square))
+
+    def split(self, roles: list[str]) -> dict[str, list[int]]:
+        """Row indices per split: the test patients' rows, and the training rows drawn
+        into train-data and arch-data ``arch_ratio`` : 1."""
+        train_rows = [i for i, role in enumerate(roles) if role == "train"]
+        n_arch = max(1, round(len(train_rows) / (self.spec.split.arch_ratio + 1)))
+        arch = sorted(self.rng.choice(train_rows, size=n_arch, replace=False).tolist())
+        return {
+            "train": [i for i in train_rows if i not in set(arch)],
+            "arch": arch,
+            "test": [i for i, role in enumerate(roles) if role == "test"],
+        }
+
+
+# --------------------------------------------------------------------------------------
+# Writing the cache
+
+
+def _write_cache(folder: Path, pairs: _Pairs, manifest: dict, patch: bool) -> None:
+    """Write into a partial folder, then move it into place: a killed build leaves no
+    half-written cache that a later run would take for a finished one."""
+    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    np.save(partial / "normal.npy", pairs.normal)
+    np.save(partial / "low.npy", pairs.low)
+    np.save(partial / "spacing.npy", pairs.spacing)  # native pixel size of each pair's slice
+    if len({native.shape for native in pairs.natives}) == 1:  # fresh noise: one matrix size
+        np.save(partial / "native.npy", np.stack(pairs.natives))
+        np.save(partial / "native_index.npy", pairs.native_index)
+        if patch:
+            np.save(partial / "corners.npy", pairs.corners)
+    (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
+
+
+def prepare_dataset(
+    root: Path,
+    spec: DatasetSpec,
+    cache_root: Path,
+    device: torch.device | str = "cpu",
+    batch: int = 8,
+    on_total: Callable[[int], None] | None = None,
+    on_slice: Callable[[int], None] | None = None,
+) -> tuple[PreparedDataset, list[InputProblem]]:
+    """Build (or reuse) the cached pairs for ``root``; returns them and the inputs skipped.
+
+    Raises ``InputProblem`` before any simulation when the data cannot give a split.
+    """
+    root = Path(root)
+    sources, problems, (train_patients, test_patients, by_patient) = check_data(root, spec)
+    name = f"{spec.dose.dose_percent:g}pct-{spec.size}px-{_cache_key(sources, spec)}"
+    folder = Path(cache_root) / name
+    if (folder / "manifest.json").is_file():
+        return PreparedDataset.load(folder), problems
+
+    plan = _plan(train_patients, test_patients, by_patient, spec.split.max_slices_per_patient)
+    n_training = sum(len(chosen) for role, _, chosen in plan if role == "train")
+    if n_training < 2:
+        raise InputProblem(root, f"only {n_training} training slice(s): too few to split")
+    total = sum(len(chosen) for _, _, chosen in plan)
+    if on_total is not None:
+        on_total(total)
+
+    simulation = _Simulation.start(spec, device, batch)
+    pairs = _Pairs.allocate(total * (spec.patches_per_slice if spec.patch else 1), spec.size)
+    started = time.perf_counter()
+    for planned in plan:
+        simulation.add_source(pairs, planned, problems, on_slice)
+    pairs.trim()
+    if "train" not in pairs.roles:
+        raise InputProblem(root, "no training slice could be decoded")
+    splits = simulation.split(pairs.roles)
+    for split, rows in splits.items():
+        for row in rows:
+            pairs.records[row]["split"] = split
+    manifest = {
+        "format": CACHE_FORMAT,
+        "software_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "root": str(root.resolve()),
+        "spec": spec.to_dict(),
+        "patients": {
+            "train": [by_patient[patient][0].patient_hash for patient in train_patients],
+            "test": [by_patient[patient][0].patient_hash for patient in test_patients],
+        },
+        "splits": splits,
+        "slices": pairs.records,
+        "skipped": [str(problem) for problem in problems],
+        "seconds": round(time.perf_counter() - started, 2),
+        "device": simulation.simulator.device.type,
+    }
+    _write_cache(folder, pairs, manifest, spec.patch)
+    # Round-trip through JSON so a fresh manifest equals a reloaded one (tuples -> lists).
+    return PreparedDataset(folder, json.loads(json.dumps(manifest)), reused=False), problems
