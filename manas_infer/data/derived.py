@@ -23,13 +23,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from manas_infer import __version__
-from manas_infer.data.series import (
-    CT_IMAGE_STORAGE,
-    CTSeries,
-    check_header,
-    rescale_of,
-    sop_class_of,
-)
+from manas_infer.data.header import check_header, rescale_of
+from manas_infer.data.series import CT_IMAGE_STORAGE, CTSeries, sop_class_of
 from manas_infer.errors import InputProblem
 
 NOT_FOR_DIAGNOSIS = "Not for primary diagnosis"

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from manas_infer.data.header import check_geometry, rescale_of
 from manas_infer.errors import InputProblem
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -56,7 +57,7 @@ def series_key_of(ds: Dataset, path: Path) -> str:
     if uid:
         return uid
     parts = (path.parent, ds.get("FrameOfReferenceUID", ""), ds.get("SeriesNumber", ""))
-    return "no-series-uid:" + "|".join(str(p) for p in parts)
+    return "no-series-uid:" + "|".join(str(part) for part in parts)
 
 
 def _sop_class_name(uid: str) -> str:
@@ -113,7 +114,7 @@ class CTSeries:
         """Median distance between neighbouring slices in mm, None for a single slice."""
         if self.n_slices < 2:
             return None
-        return float(np.median(np.diff([s.location for s in self.slices])))
+        return float(np.median(np.diff([header.location for header in self.slices])))
 
     @property
     def study_uid(self) -> str:
@@ -167,90 +168,6 @@ class CTSeries:
         )
 
 
-# A CT slope outside this (in magnitude) maps the stored range to nothing a body holds: the
-# fuzzed 1e300 of issue 16, or a slope that rounds every HU to one stored value.
-SLOPE_RANGE = (1e-6, 1e4)
-# Cosines of a unit vector, and of two orthogonal ones, to this tolerance (headers store
-# them as decimal strings of at most 16 characters).
-ORIENTATION_TOLERANCE = 1e-3
-
-
-def _numbers(ds: Dataset, keyword: str, count: int, path: Path) -> np.ndarray | None:
-    """A multi-valued decimal attribute as ``count`` finite floats; None when absent or
-    empty; InputProblem when malformed or not finite."""
-    raw = ds.get(keyword)
-    if raw is None or raw == "" or (hasattr(raw, "__len__") and len(raw) == 0):
-        return None
-    single = isinstance(raw, str | bytes) or not hasattr(raw, "__iter__")
-    values = [raw] if single else list(raw)
-    try:
-        out = np.asarray([float(v) for v in values], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputProblem(path, f"{keyword} is not numeric") from None
-    if out.shape != (count,):
-        raise InputProblem(path, f"{keyword} has {out.size} values, expected {count}")
-    if not np.all(np.isfinite(out)):
-        raise InputProblem(path, f"{keyword} is not finite")
-    return out
-
-
-def rescale_of(ds: Dataset, path: Path) -> tuple[float, float]:
-    """(RescaleSlope, RescaleIntercept), checked: both finite, the slope non-zero and of a
-    plausible size. Both absent is read as stored values already in HU (slope 1,
-    intercept 0), but only for signed pixels (unsigned ones cannot hold air's -1000); one
-    without the other is refused. A header value of 0 is never read as 1."""
-    slope = _numbers(ds, "RescaleSlope", 1, path)
-    intercept = _numbers(ds, "RescaleIntercept", 1, path)
-    if slope is None and intercept is None:
-        if int(ds.get("PixelRepresentation", 0) or 0) == 1:
-            return 1.0, 0.0
-        raise InputProblem(path, "no RescaleSlope/Intercept (unsigned pixels are not HU)")
-    if slope is None or intercept is None:
-        missing = "RescaleSlope" if slope is None else "RescaleIntercept"
-        raise InputProblem(path, f"{missing} missing")
-    low, high = SLOPE_RANGE
-    if slope[0] == 0:
-        raise InputProblem(path, "RescaleSlope is 0")
-    if not low <= abs(float(slope[0])) <= high:
-        raise InputProblem(path, f"RescaleSlope {float(slope[0]):g} not plausible")
-    return float(slope[0]), float(intercept[0])
-
-
-def check_geometry(ds: Dataset, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(unit slice normal, ImagePositionPatient), checked: the position finite, the
-    orientation two orthonormal direction cosines, PixelSpacing two positive values."""
-    missing = [
-        k
-        for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-        if not ds.get(k)
-    ]
-    if missing:
-        raise InputProblem(path, f"missing geometry ({', '.join(missing)})")
-    ipp = _numbers(ds, "ImagePositionPatient", 3, path)
-    iop = _numbers(ds, "ImageOrientationPatient", 6, path)
-    spacing = _numbers(ds, "PixelSpacing", 2, path)
-    assert ipp is not None and iop is not None and spacing is not None  # checked above
-    row, col = iop[:3], iop[3:]
-    tol = ORIENTATION_TOLERANCE
-    if abs(np.linalg.norm(row) - 1) > tol or abs(np.linalg.norm(col) - 1) > tol:
-        raise InputProblem(path, "ImageOrientationPatient not unit vectors")
-    if abs(float(np.dot(row, col))) > tol:
-        raise InputProblem(path, "ImageOrientationPatient not orthogonal")
-    if not np.all(spacing > 0):
-        raise InputProblem(path, "PixelSpacing not positive")
-    normal = np.cross(row, col)
-    return normal / np.linalg.norm(normal), ipp
-
-
-def check_header(ds: Dataset, path: Path) -> None:
-    """Every header value the HU conversion and the derived series depend on (rescale,
-    position, orientation, spacing); InputProblem naming the first bad one. The node's
-    intake runs this on each instance and ``scan`` on each slice, so such a file is
-    refused at the door and never reaches a PACS, whichever way it came in."""
-    rescale_of(ds, path)
-    check_geometry(ds, path)
-
-
 def read_hu_file(path: Path) -> np.ndarray:
     """Decode one file's pixels to float32 HU, or raise InputProblem naming the file."""
     try:
@@ -292,8 +209,8 @@ def _files_under(root: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [Path(folder) / n for n in names if not n.startswith(".")]
+        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        files += [Path(folder) / name for name in names if not name.startswith(".")]
     return sorted(files)
 
 
@@ -310,10 +227,6 @@ def _read_header(path: Path) -> Dataset | None:
     if "PixelData" in ds:
         del ds.PixelData
     return ds
-
-
-def _orientation(ds: Dataset, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    return check_geometry(ds, path)
 
 
 def _check_series(series_uid: str, items: list[tuple[Path, Dataset]]) -> CTSeries:
@@ -347,7 +260,7 @@ def _check_series(series_uid: str, items: list[tuple[Path, Dataset]]) -> CTSerie
 
     sizes = {(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) for _, ds in unique}
     if len(sizes) > 1:
-        listed = " and ".join(f"{r}x{c}" for r, c in sorted(sizes))
+        listed = " and ".join(f"{rows}x{cols}" for rows, cols in sorted(sizes))
         raise InputProblem(path0.parent, f"mixed matrix sizes in one series ({listed})")
     for path, ds in unique:
         if not ds.has_pixels:
@@ -356,19 +269,21 @@ def _check_series(series_uid: str, items: list[tuple[Path, Dataset]]) -> CTSerie
             raise InputProblem(path, "not a greyscale image (SamplesPerPixel != 1)")
         rescale_of(ds, path)
 
-    normal, _ = _orientation(ds0, path0)
+    normal, _ = check_geometry(ds0, path0)
     slices: list[SliceHeader] = []
     for path, ds in unique:
-        n, ipp = _orientation(ds, path)
-        if abs(float(np.dot(n, normal))) < 0.999:
+        slice_normal, ipp = check_geometry(ds, path)
+        if abs(float(np.dot(slice_normal, normal))) < 0.999:
             raise InputProblem(path, "slice orientation differs from the rest of the series")
         slices.append(SliceHeader(path, ds, float(np.dot(ipp, normal))))
-    slices.sort(key=lambda s: (s.location, int(s.dataset.get("InstanceNumber", 0) or 0)))
+    slices.sort(
+        key=lambda header: (header.location, int(header.dataset.get("InstanceNumber", 0) or 0))
+    )
 
     warnings = []
     if series_uid.startswith("no-series-uid:"):
         warnings.append("no SeriesInstanceUID: files grouped by folder and frame of reference")
-    locations = np.array([s.location for s in slices])
+    locations = np.array([header.location for header in slices])
     if len(locations) > 1 and np.any(np.diff(locations) < 1e-3):
         n_shared = int(np.sum(np.diff(locations) < 1e-3))
         warnings.append(f"{n_shared} slice(s) share a position with a neighbour")
@@ -411,7 +326,7 @@ def scan(
             report.series.append(_check_series(series_uid, items))
         except InputProblem as problem:
             report.problems.append(problem)
-    report.series.sort(key=lambda s: (str(s.folder), s.series_uid))
+    report.series.sort(key=lambda series: (str(series.folder), series.series_uid))
     if not groups and not report.problems:
         report.problems.append(InputProblem(root, "no DICOM files found"))
     return report
