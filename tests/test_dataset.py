@@ -33,7 +33,8 @@ from manas_infer.train.dataset import (
     SplitConfig,
     to_training_size,
 )
-from manas_infer.train.prepare import find_sources, prepare_dataset
+from manas_infer.train.prepare import prepare_dataset
+from manas_infer.train.split import find_sources
 
 SIZE, VIEWS, MAX_SLICES = 64, 90, 6
 CHEST_FOLDER = "lung-pet-ct-dx-a0001"

@@ -295,8 +295,8 @@ def train(
                 from manas_infer.train.perceptual import find_vgg16_weights
 
                 find_vgg16_weights(vgg_weights)
-            from manas_infer.train.prepare import check_data
             from manas_infer.train.run import dataset_spec
+            from manas_infer.train.split import check_data
 
             check_data(Path(config.data_root), dataset_spec(config))
             folder = None
