@@ -24,7 +24,13 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from manas_infer import __version__
 from manas_infer.data.header import check_header, rescale_of
-from manas_infer.data.series import CT_IMAGE_STORAGE, CTSeries, sop_class_of
+from manas_infer.data.series import (
+    CT_IMAGE_STORAGE,
+    CTSeries,
+    SliceHeader,
+    sop_class_of,
+    sop_instance_of,
+)
 from manas_infer.errors import InputProblem
 
 NOT_FOR_DIAGNOSIS = "Not for primary diagnosis"
@@ -153,12 +159,27 @@ def _slice_dataset(
     series_uid: str,
     now: dt.datetime,
 ) -> Dataset:
-    src = series.slices[index].dataset
-    source_sop = series.slices[index].sop_instance_uid
-    source_class = sop_class_of(src) or CT_IMAGE_STORAGE
+    """The derived dataset of slice ``index``: the source's kept attributes, completed to a
+    valid CT image, marked as derived, referencing its source, with ``hu`` as pixels."""
+    header = series.slices[index]
     # Rescale and geometry are copied as they are: a value the reader would refuse must not
     # reach the output (callers normally pass series from ``scan``, which checked them).
-    check_header(src, series.slices[index].path)
+    check_header(header.dataset, header.path)
+    ds = _kept_attributes(header.dataset, header.path)
+    _complete_required(ds, series.series_uid)
+    _identify(ds, header.dataset, index, derivation, series_uid, now)
+    _mark_derived(ds, derivation)
+    _reference_source(ds, series, header)
+    ds.ContributingEquipmentSequence = Sequence([_our_equipment(derivation, now)])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = _stored_pixels(hu, header.dataset, header.path).tobytes()
+    add_file_meta(ds)
+    return ds
+
+
+def _kept_attributes(src: Dataset, path: Path) -> Dataset:
+    """The attributes of ``KEPT_BY_MODULE`` that the source has, and nothing else."""
     ds = Dataset()
     for keyword in _KEEP:
         if keyword in src:
@@ -166,37 +187,55 @@ def _slice_dataset(
     if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
         ds.RescaleSlope, ds.RescaleIntercept = "1", "0"  # stored values were HU already (Type 1)
     if int(src.BitsAllocated) not in (16, 32):
-        raise InputProblem(series.slices[index].path, f"BitsAllocated {src.BitsAllocated}")
+        raise InputProblem(path, f"BitsAllocated {src.BitsAllocated}")
+    return ds
 
-    # Type 1 identifiers that real sources sometimes lack: derive them so output stays valid.
+
+# Type 2 attributes of the CT Image IOD: present, and empty when the source lacks them.
+_TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "PositionReferenceIndicator",
+    "Manufacturer",
+    "KVP",
+    "AcquisitionNumber",
+)
+
+
+def _complete_required(ds: Dataset, source_series_uid: str) -> None:
+    """Type 1 identifiers that real sources sometimes lack, derived so output stays valid;
+    Type 2 attributes present (empty when unknown); Laterality where it is Type 2C."""
     if not ds.get("StudyInstanceUID"):
-        ds.StudyInstanceUID = derived_uid("study", series.series_uid)
+        ds.StudyInstanceUID = derived_uid("study", source_series_uid)
     if not ds.get("FrameOfReferenceUID"):
-        ds.FrameOfReferenceUID = derived_uid("frame-of-reference", series.series_uid)
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyDate",
-        "StudyTime",
-        "ReferringPhysicianName",
-        "StudyID",
-        "AccessionNumber",
-        "PositionReferenceIndicator",
-        "Manufacturer",
-        "KVP",
-        "AcquisitionNumber",
-    ):
+        ds.FrameOfReferenceUID = derived_uid("frame-of-reference", source_series_uid)
+    for keyword in _TYPE_2:
         if keyword not in ds:
-            setattr(ds, keyword, "")  # Type 2: present, may be empty
+            setattr(ds, keyword, "")
     body_part = str(ds.get("BodyPartExamined", "") or "").upper()
     if "Laterality" not in ds and body_part not in _UNPAIRED_BODY_PARTS:
         ds.Laterality = ""  # Type 2C and unknown to us
 
+
+def _identify(
+    ds: Dataset,
+    src: Dataset,
+    index: int,
+    derivation: Derivation,
+    series_uid: str,
+    now: dt.datetime,
+) -> None:
+    """The new instance's UIDs, series number and description, and its creation time."""
     stamp_date, stamp_time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = derived_uid(derivation.identity, "instance", source_sop)
+    ds.SOPInstanceUID = derived_uid(derivation.identity, "instance", sop_instance_of(src))
     ds.SeriesInstanceUID = series_uid
     ds.Modality = "CT"
     source_number = int(src.get("SeriesNumber") or 0)
@@ -209,11 +248,19 @@ def _slice_dataset(
     if "ContentDate" not in ds:
         ds.ContentDate, ds.ContentTime = stamp_date, stamp_time
 
+
+def _mark_derived(ds: Dataset, derivation: Derivation) -> None:
+    """What a viewer shows to say this image is processed and not for diagnosis."""
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     ds.DerivationDescription = derivation.derivation_description[:1024]
     ds.ImageComments = f"AI-processed by manas-infer {__version__}. {NOT_FOR_DIAGNOSIS}."
     ds.BurnedInAnnotation = "NO"
 
+
+def _reference_source(ds: Dataset, series: CTSeries, header: SliceHeader) -> None:
+    """The source image this one was made from, and (when it has a real UID) its series."""
+    source_class = sop_class_of(header.dataset) or CT_IMAGE_STORAGE
+    source_sop = header.sop_instance_uid
     source_item = Dataset()
     source_item.ReferencedSOPClassUID = source_class
     source_item.ReferencedSOPInstanceUID = source_sop
@@ -222,16 +269,19 @@ def _slice_dataset(
     )
     source_item.SpatialLocationsPreserved = "YES"
     ds.SourceImageSequence = Sequence([source_item])
+    if series.series_uid.startswith("no-series-uid:"):
+        return
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = source_class
+    instance.ReferencedSOPInstanceUID = source_sop
+    referenced = Dataset()
+    referenced.SeriesInstanceUID = series.series_uid
+    referenced.ReferencedInstanceSequence = Sequence([instance])
+    ds.ReferencedSeriesSequence = Sequence([referenced])
 
-    if not series.series_uid.startswith("no-series-uid:"):
-        instance = Dataset()
-        instance.ReferencedSOPClassUID = source_class
-        instance.ReferencedSOPInstanceUID = source_sop
-        referenced = Dataset()
-        referenced.SeriesInstanceUID = series.series_uid
-        referenced.ReferencedInstanceSequence = Sequence([instance])
-        ds.ReferencedSeriesSequence = Sequence([referenced])
 
+def _our_equipment(derivation: Derivation, now: dt.datetime) -> Dataset:
+    """The ContributingEquipmentSequence item naming manas-infer as processing equipment."""
     equipment = Dataset()
     equipment.PurposeOfReferenceCodeSequence = Sequence([_code("109102", "Processing Equipment")])
     equipment.Manufacturer = "manas-infer"
@@ -239,20 +289,18 @@ def _slice_dataset(
     equipment.SoftwareVersions = __version__
     equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S")
     equipment.ContributionDescription = derivation.contribution[:1024]
-    ds.ContributingEquipmentSequence = Sequence([equipment])
+    return equipment
 
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+
+def _stored_pixels(hu: np.ndarray, src: Dataset, path: Path) -> np.ndarray:
+    """``hu`` in the source's pixel format; padding outside the field of view stays padding,
+    since it is not anatomy to denoise."""
     stored = encode_hu(hu, src)
     padding = src.get("PixelPaddingValue")
     if padding is not None:
-        # Padding outside the field of view stays padding: it is not anatomy to denoise.
-        original = pydicom.dcmread(series.slices[index].path).pixel_array
+        original = pydicom.dcmread(path).pixel_array
         stored[original == padding] = padding
-    ds.PixelData = stored.tobytes()
-
-    add_file_meta(ds)
-    return ds
+    return stored
 
 
 def add_file_meta(ds: Dataset) -> None:
