@@ -16,37 +16,33 @@ with the bytes already read handed to it, so only allow-listed peers ever take a
 Connections still at the door are capped (``node.max_pending_connections``), counted
 separately for allow-listed hosts and the rest, so junk from elsewhere cannot shed them.
 
-Every refused or dropped connection gets one log line with the peer and the reason, and
-no traceback; ``RateLimitedLog`` keeps a flood from filling the disk.
+What the door checks on one connection is ``door.py``. Every refused or dropped connection
+gets one log line with the peer and the reason, and no traceback; ``RateLimitedLog`` keeps a
+flood from filling the disk.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import socket
-import ssl
-import struct
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-log = logging.getLogger("manas_infer.node.guard")
+from manas_infer.dicom_node.door import (
+    REJECT_LIMIT,
+    Admitted,
+    GuardSettings,
+    Refusal,
+    check_connection,
+    reject_pdu,
+)
 
-ASSOCIATE_RQ = 0x01
-# An A-ASSOCIATE-RQ is a few kB (128 presentation contexts of a dozen syntaxes stay far
-# below this); a bigger "request" is junk, not worth buffering.
-MAX_REQUEST_BYTES = 256 * 1024
-# A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4 and 7.1.1.9.
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE
-REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called AE
-REJECT_LIMIT = (0x02, 0x03, 0x02)  # rejected-transient, service-provider, local limit
+log = logging.getLogger("manas_infer.node.guard")
 
 
 class RateLimitedLog:
@@ -81,60 +77,6 @@ class RateLimitedLog:
             message += f" (and {held} more like this from {host} not logged)"
         self.logger.warning(message, *args)
         return True
-
-
-class Refusal(Exception):
-    """Why a connection is not handed to pynetdicom: a log kind, a line, maybe a reject."""
-
-    def __init__(self, kind: str, text: str, reject: tuple[int, int, int] | None = None) -> None:
-        self.kind, self.text, self.reject = kind, text, reject
-        super().__init__(text)
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """A connection past the door: its socket (TLS done) and the request's bytes."""
-
-    sock: socket.socket
-    request: bytes
-    calling_ae: str
-
-
-@dataclass(frozen=True)
-class GuardSettings:
-    """What the door checks; built from the node's config by ``server``."""
-
-    ae_title: str
-    handshake_timeout: float
-    max_pending: int
-    max_associations: int
-    is_allowed: Callable[[str, str], bool]  # (calling AE title, peer address)
-    is_known_host: Callable[[str], bool]  # an address some allow-list entry covers
-
-
-def known_host_check(networks: list[str], allow_any: bool) -> Callable[[str], bool]:
-    """Whether an address belongs to some allow-listed network (every address if allow_any)."""
-    nets = [ipaddress.ip_network(n, strict=False) for n in networks]
-
-    def known(address: str) -> bool:
-        if allow_any:
-            return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in nets)
-
-    return known
-
-
-def _ae(raw: bytes) -> str:
-    return raw.decode("ascii", errors="replace").strip(" \x00")
-
-
-def _reject_pdu(result: int, source: int, reason: int) -> bytes:
-    """An A-ASSOCIATE-RJ PDU: type 3, length 4, reserved, result, source, reason."""
-    return struct.pack(">BBLBBBB", 0x03, 0, 4, 0, result, source, reason)
 
 
 class _PrimedSocket(AssociationSocket):
@@ -264,14 +206,14 @@ class GuardedServer(ThreadedAssociationServer):
         )
 
     def busy_slots(self) -> int:
-        return len([a for a in self.ae.active_associations if a.is_acceptor])
+        return len([assoc for assoc in self.ae.active_associations if assoc.is_acceptor])
 
     # ---- the door, in the connection's thread
     def admit(self, sock: socket.socket, address: str) -> Admitted | None:
         """TLS handshake and one A-ASSOCIATE-RQ within the deadline, checked; None (the
         connection closed, one line logged) for anything else."""
         try:
-            return self._admit(sock, address)
+            return check_connection(sock, address, self.settings, self.ssl_context)
         except Refusal as refusal:
             self.refuse(sock, address, refusal)
         except Exception as exc:  # whatever a peer manages to provoke: one line, go on
@@ -287,7 +229,7 @@ class GuardedServer(ThreadedAssociationServer):
         if refusal.reject is not None:
             try:
                 sock.settimeout(1.0)
-                sock.sendall(_reject_pdu(*refusal.reject))
+                sock.sendall(reject_pdu(*refusal.reject))
                 # Give the peer the reject before the close, as pynetdicom does.
                 time.sleep(0.05)
             except (OSError, ValueError):
@@ -296,103 +238,3 @@ class GuardedServer(ThreadedAssociationServer):
         with contextlib.suppress(OSError, ValueError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
-
-    def _admit(self, sock: socket.socket, address: str) -> Admitted:
-        s = self.settings
-        deadline = time.monotonic() + s.handshake_timeout
-        within = f"within {s.handshake_timeout:g} s (node.handshake_timeout)"
-
-        def remaining() -> float:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            return left
-
-        if self.ssl_context is not None:
-            try:
-                sock = self.ssl_context.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
-                )
-                sock.settimeout(remaining())
-                sock.do_handshake()
-            except TimeoutError:
-                raise Refusal(
-                    "tls", f"dropped connection from {address}: no TLS handshake " + within
-                ) from None
-            except (ssl.SSLError, OSError) as exc:
-                why = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
-                raise Refusal(
-                    "tls", f"refused connection from {address}: TLS handshake failed ({why})"
-                ) from None
-
-        def read(n: int) -> bytes:
-            data = bytearray()
-            while len(data) < n:
-                sock.settimeout(remaining())
-                chunk = sock.recv(min(n - len(data), 65536))
-                if not chunk:
-                    raise EOFError
-                data += chunk
-            return bytes(data)
-
-        try:
-            head = read(6)
-            kind, _, length = struct.unpack(">BBL", head)
-            if kind != ASSOCIATE_RQ:
-                raise Refusal(
-                    "junk",
-                    f"dropped connection from {address}: not a DICOM "
-                    f"association request (first byte 0x{kind:02X})",
-                )
-            if length > MAX_REQUEST_BYTES or length < 68:
-                raise Refusal(
-                    "junk",
-                    f"dropped connection from {address}: association "
-                    f"request of implausible length {length}",
-                )
-            body = read(length)
-        except TimeoutError:
-            raise Refusal(
-                "idle", f"dropped connection from {address}: no association request " + within
-            ) from None
-        except EOFError:
-            raise Refusal(
-                "closed",
-                f"dropped connection from {address}: closed before sending an association request",
-            ) from None
-        except OSError as exc:
-            raise Refusal(
-                "closed", f"dropped connection from {address}: {exc.strerror or type(exc).__name__}"
-            ) from None
-        sock.settimeout(None)  # as pynetdicom has it: its own timers govern from here
-        called, calling = _ae(body[4:20]), _ae(body[20:36])
-        if not calling:
-            raise Refusal(
-                "calling-ae",
-                f"refused association from {address}: blank calling AE title",
-                REJECT_CALLING_AE,
-            )
-        try:
-            A_ASSOCIATE_RQ().decode(head + body)
-        except Exception as exc:
-            raise Refusal(
-                "junk",
-                f"dropped connection from {address}: malformed association "
-                f"request ({type(exc).__name__})",
-            ) from None
-        if called != s.ae_title.strip():
-            raise Refusal(
-                "called-ae",
-                f"refused association from AE {calling!r} at {address}: "
-                f"called AE title {called!r} is not this node's {s.ae_title!r}",
-                REJECT_CALLED_AE,
-            )
-        if not s.is_allowed(calling, address):
-            raise Refusal(
-                "calling-ae",
-                f"refused association from AE {calling!r} at "
-                f"{address}: not in security.allowed (add an [[security.allowed]] "
-                "entry with this AE title and host to let it in)",
-                REJECT_CALLING_AE,
-            )
-        return Admitted(sock, head + body, calling)

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, Association
 from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
 from manas_infer.data.series import CT_IMAGE_STORAGE
 from manas_infer.dicom_node.config import Destination, NodeConfig
 from manas_infer.dicom_node.disk import is_disk_full
-from manas_infer.dicom_node.records import DestState, SeriesRecord, State
+from manas_infer.dicom_node.records import DestinationProgress, DestState, SeriesRecord, State
 from manas_infer.dicom_node.spool import Spool
 
 log = logging.getLogger("manas_infer.node.sender")
@@ -85,13 +85,13 @@ def diagnose_connection(host: str, port: int, timeout: float) -> str:
 
 def client_tls(destination: Destination) -> ssl.SSLContext:
     """TLS towards a destination: its CA verifies the server, our certificate if it asks."""
-    ctx = ssl.create_default_context(
+    context = ssl.create_default_context(
         ssl.Purpose.SERVER_AUTH, cafile=str(destination.ca_certificates)
     )
     if destination.certificate is not None:
         key = destination.private_key
-        ctx.load_cert_chain(str(destination.certificate), str(key) if key else None)
-    return ctx
+        context.load_cert_chain(str(destination.certificate), str(key) if key else None)
+    return context
 
 
 class Sender(threading.Thread):
@@ -119,12 +119,12 @@ class Sender(threading.Thread):
 
     def pending(self) -> list[SeriesRecord]:
         waiting = [
-            r
-            for r in self.spool.records(State.SENDING)
-            if r.destinations.get(self.dest.name) is not None
-            and r.destinations[self.dest.name].state == DestState.PENDING
+            record
+            for record in self.spool.records(State.SENDING)
+            if record.destinations.get(self.dest.name) is not None
+            and record.destinations[self.dest.name].state == DestState.PENDING
         ]
-        return sorted(waiting, key=lambda r: r.processed_at or 0.0)
+        return sorted(waiting, key=lambda record: record.processed_at or 0.0)
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -144,13 +144,7 @@ class Sender(threading.Thread):
                 # The journal or a record could not be written: nothing is lost (an
                 # instance accepted but not journalled is sent again, the PACS keeps one),
                 # so wait for space with the destination's back-off, without a restart.
-                self.consecutive_failures += 1
-                settings = self.config.sending
-                wait = min(
-                    settings.retry_initial * 2 ** (self.consecutive_failures - 1),
-                    settings.retry_max,
-                )
-                self.retry_at = time.time() + wait
+                wait = self._back_off()
                 log.warning(
                     "sender %s: spool disk full (%s); retrying in %.1f s",
                     self.dest.name,
@@ -171,21 +165,14 @@ class Sender(threading.Thread):
         return outcome
 
     def _transfer(self, key: str, files: list[Path], done: set[str]) -> Outcome:
-        d = self.dest
+        dest = self.dest
         if not files:
             return Outcome("transient", "the derived series is missing from the spool")
-        assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title, tls_args=self.tls_args)
+        assoc = self.ae.associate(
+            dest.host, dest.port, ae_title=dest.ae_title, tls_args=self.tls_args
+        )
         if not assoc.is_established:
-            if assoc.is_rejected and assoc.acceptor.primitive is not None:
-                rj = assoc.acceptor.primitive
-                why = REJECT_DIAGNOSTICS.get((rj.result_source, rj.diagnostic), "unknown reason")
-                text = f"association rejected by {d.ae_title}@{d.host}:{d.port}: {why}"
-                if rj.result == 0x01:
-                    return Outcome("permanent", text + " (permanent)")
-                return Outcome("transient", text + " (transient)")
-            return Outcome(
-                "transient", diagnose_connection(d.host, d.port, self.ae.connection_timeout)
-            )
+            return self._not_established(assoc)
         sent = 0
         try:
             for path in files:
@@ -200,22 +187,24 @@ class Sender(threading.Thread):
                 if uid in done:
                     continue
                 try:
-                    rsp = assoc.send_c_store(ds)
+                    response = assoc.send_c_store(ds)
                 except ValueError as exc:  # no accepted presentation context for the class
-                    return Outcome("permanent", f"{d.ae_title} accepts no CT Image Storage ({exc})")
+                    return Outcome(
+                        "permanent", f"{dest.ae_title} accepts no CT Image Storage ({exc})"
+                    )
                 except RuntimeError:
                     return Outcome("transient", "association lost while sending", sent)
-                if not rsp or "Status" not in rsp:
+                if not response or "Status" not in response:
                     return Outcome(
                         "transient", "no C-STORE response (timeout or association aborted)", sent
                     )
-                code = int(rsp.Status)
+                code = int(response.Status)
                 if code in ACCEPTED:
-                    self.spool.record_sent(key, d.name, uid)
+                    self.spool.record_sent(key, dest.name, uid)
                     done.add(uid)
                     sent += 1
                     continue
-                comment = str(rsp.get("ErrorComment", "") or "")
+                comment = str(response.get("ErrorComment", "") or "")
                 text = f"C-STORE of {path.name} answered {status_text(code)}"
                 text += f": {comment}" if comment else ""
                 kind = "transient" if is_transient_status(code) else "permanent"
@@ -227,51 +216,82 @@ class Sender(threading.Thread):
                 assoc.abort()
         return Outcome("done", "", sent)
 
+    def _not_established(self, assoc: Association) -> Outcome:
+        """Why no association: the peer's rejection (permanent or transient, as it said), or
+        what a plain connection attempt finds."""
+        dest = self.dest
+        if assoc.is_rejected and assoc.acceptor.primitive is not None:
+            rejection = assoc.acceptor.primitive
+            why = REJECT_DIAGNOSTICS.get(
+                (rejection.result_source, rejection.diagnostic), "unknown reason"
+            )
+            text = f"association rejected by {dest.ae_title}@{dest.host}:{dest.port}: {why}"
+            if rejection.result == 0x01:
+                return Outcome("permanent", text + " (permanent)")
+            return Outcome("transient", text + " (transient)")
+        return Outcome(
+            "transient", diagnose_connection(dest.host, dest.port, self.ae.connection_timeout)
+        )
+
     def _record(self, key: str, outcome: Outcome, total: int, seconds: float) -> None:
-        name, now = self.dest.name, time.time()
-        settings = self.config.sending
+        """The attempt's outcome into the series' record, then its log line and back-off."""
+        now = time.time()
         gave_up = False
 
         def change(record: SeriesRecord) -> None:
             nonlocal gave_up
-            progress = record.destinations[name]
-            progress.sent = len(self.spool.sent_uids(key, name))
-            progress.total = total
-            if outcome.kind == "done":
-                progress.state, progress.last_error = DestState.SENT, None
-                record.note(f"sent to {name}: {progress.sent}/{total} accepted")
-            elif outcome.kind == "transient":
-                progress.attempts += 1
-                progress.first_failure = progress.first_failure or now
-                progress.last_error = outcome.reason
-                if now - progress.first_failure > settings.give_up_after:
-                    gave_up = True
-                    progress.state = DestState.FAILED
-                    progress.last_error = (
-                        f"gave up after {progress.attempts} attempts in "
-                        f"{now - progress.first_failure:.0f} s: {outcome.reason}"
-                    )
-                record.note(f"{name}: {progress.last_error}")
-            elif outcome.kind == "permanent":
-                progress.state, progress.last_error = DestState.FAILED, outcome.reason
-                progress.attempts += 1
-                record.note(f"{name}: permanent failure: {outcome.reason}")
-            states = {p.state for p in record.destinations.values()}
-            # A series reopened by new instances meanwhile is the worker's again.
-            if record.state == State.SENDING and DestState.PENDING not in states:
-                failed = [n for n, p in record.destinations.items() if p.state == DestState.FAILED]
-                record.state = State.FAILED if failed else State.SENT
-                record.error = (
-                    "; ".join(f"{n}: {record.destinations[n].last_error}" for n in failed) or None
-                )
+            gave_up = self._note_outcome(record, key, outcome, total, now)
+            _settle(record)
 
         try:
             record = self.spool.update(key, change)
         except KeyError:
             return
+        self._report(key, record, outcome, total, seconds, gave_up)
+
+    def _note_outcome(
+        self, record: SeriesRecord, key: str, outcome: Outcome, total: int, now: float
+    ) -> bool:
+        """This destination's progress after an attempt; True when it gives up on the series
+        (transient failures for longer than sending.give_up_after)."""
+        name = self.dest.name
+        gave_up = False
         progress = record.destinations[name]
-        d = self.dest
-        where = f"{name} ({d.ae_title}@{d.host}:{d.port})"
+        progress.sent = len(self.spool.sent_uids(key, name))
+        progress.total = total
+        if outcome.kind == "done":
+            progress.state, progress.last_error = DestState.SENT, None
+            record.note(f"sent to {name}: {progress.sent}/{total} accepted")
+        elif outcome.kind == "transient":
+            progress.attempts += 1
+            progress.first_failure = progress.first_failure or now
+            progress.last_error = outcome.reason
+            if now - progress.first_failure > self.config.sending.give_up_after:
+                gave_up = True
+                progress.state = DestState.FAILED
+                progress.last_error = (
+                    f"gave up after {progress.attempts} attempts in "
+                    f"{now - progress.first_failure:.0f} s: {outcome.reason}"
+                )
+            record.note(f"{name}: {progress.last_error}")
+        elif outcome.kind == "permanent":
+            progress.state, progress.last_error = DestState.FAILED, outcome.reason
+            progress.attempts += 1
+            record.note(f"{name}: permanent failure: {outcome.reason}")
+        return gave_up
+
+    def _report(
+        self,
+        key: str,
+        record: SeriesRecord,
+        outcome: Outcome,
+        total: int,
+        seconds: float,
+        gave_up: bool,
+    ) -> None:
+        """The attempt's log line and the destination's back-off; a failure is recorded."""
+        progress = record.destinations[self.dest.name]
+        where = self._where()
         if outcome.kind == "done":
             self.consecutive_failures, self.retry_at = 0, 0.0
             log.info(
@@ -285,33 +305,11 @@ class Sender(threading.Thread):
             )
         elif outcome.kind == "permanent" or gave_up:
             self.consecutive_failures, self.retry_at = 0, 0.0
-            self.spool.record_failure(
-                series=key,
-                series_uid=record.series_uid,
-                derived_series_uid=record.derived_series_uid,
-                stage="sending",
-                destination=name,
-                reason=progress.last_error,
-                sent=progress.sent,
-                total=total,
-            )
-            log.error(
-                "series %s NOT delivered to %s: %s. %d/%d instances were accepted; not retried "
-                "(recorded in failures.jsonl; fix the cause and send the series again)",
-                key,
-                where,
-                progress.last_error,
-                progress.sent,
-                total,
-            )
+            self._record_failure(key, record, progress, total)
         elif outcome.kind == "transient":
             if outcome.sent:
                 self.consecutive_failures = 0
-            self.consecutive_failures += 1
-            wait = min(
-                settings.retry_initial * 2 ** (self.consecutive_failures - 1), settings.retry_max
-            )
-            self.retry_at = time.time() + wait
+            wait = self._back_off()
             log.warning(
                 "series %s to %s: %s; %d/%d accepted so far, retry %d in %.1f s",
                 key,
@@ -322,3 +320,59 @@ class Sender(threading.Thread):
                 progress.attempts,
                 wait,
             )
+
+    def _record_failure(
+        self, key: str, record: SeriesRecord, progress: DestinationProgress, total: int
+    ) -> None:
+        """A series this destination will not get: in failures.jsonl and one error line."""
+        self.spool.record_failure(
+            series=key,
+            series_uid=record.series_uid,
+            derived_series_uid=record.derived_series_uid,
+            stage="sending",
+            destination=self.dest.name,
+            reason=progress.last_error,
+            sent=progress.sent,
+            total=total,
+        )
+        log.error(
+            "series %s NOT delivered to %s: %s. %d/%d instances were accepted; not retried "
+            "(recorded in failures.jsonl; fix the cause and send the series again)",
+            key,
+            self._where(),
+            progress.last_error,
+            progress.sent,
+            total,
+        )
+
+    def _back_off(self) -> float:
+        """One more failure in a row: the next attempt waits twice as long as the last (from
+        sending.retry_initial up to sending.retry_max). Returns the wait in seconds."""
+        self.consecutive_failures += 1
+        settings = self.config.sending
+        wait = min(
+            settings.retry_initial * 2 ** (self.consecutive_failures - 1), settings.retry_max
+        )
+        self.retry_at = time.time() + wait
+        return wait
+
+    def _where(self) -> str:
+        """The destination as log lines name it: its name, AE title and address."""
+        dest = self.dest
+        return f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port})"
+
+
+def _settle(record: SeriesRecord) -> None:
+    """Once no destination is pending, the series is sent, or failed naming who failed."""
+    states = {progress.state for progress in record.destinations.values()}
+    # A series reopened by new instances meanwhile is the worker's again.
+    if record.state == State.SENDING and DestState.PENDING not in states:
+        failed = [
+            name
+            for name, progress in record.destinations.items()
+            if progress.state == DestState.FAILED
+        ]
+        record.state = State.FAILED if failed else State.SENT
+        record.error = (
+            "; ".join(f"{name}: {record.destinations[name].last_error}" for name in failed) or None
+        )

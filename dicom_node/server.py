@@ -14,7 +14,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from manas_infer.dicom_node.config import NodeConfig
-from manas_infer.dicom_node.guard import GuardedServer, GuardSettings, known_host_check
+from manas_infer.dicom_node.door import GuardSettings, known_host_check
+from manas_infer.dicom_node.guard import GuardedServer
 from manas_infer.dicom_node.intake import STORAGE_CLASSES, TRANSFER_SYNTAXES, Intake
 from manas_infer.dicom_node.records import State
 from manas_infer.dicom_node.routing import Router

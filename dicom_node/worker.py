@@ -10,8 +10,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from manas_infer.data.series import scan
+from manas_infer.data.series import CTSeries, scan
 from manas_infer.denoise import denoise_series
 from manas_infer.dicom_node.config import NodeConfig
 from manas_infer.dicom_node.disk import is_disk_full
@@ -49,8 +50,8 @@ class Worker(threading.Thread):
         """One loaded model per file, kept for the life of the process."""
         key = str(choice.path.resolve())
         if key not in self.denoisers:
-            p = self.config.processing
-            self.denoisers[key] = Denoiser(choice, device=p.device, batch=p.batch)
+            processing = self.config.processing
+            self.denoisers[key] = Denoiser(choice, device=processing.device, batch=processing.batch)
         return self.denoisers[key]
 
     def run(self) -> None:
@@ -132,65 +133,85 @@ class Worker(threading.Thread):
         key = record.key
         started = time.perf_counter()
         try:
-            report = scan(self.spool.incoming_dir(key))
-            if report.problems or len(report.series) != 1:
-                reasons = (
-                    "; ".join(f"{p.path.name}: {p.problem}" for p in report.problems)
-                    or f"{len(report.series)} series in one series folder"
-                )
-                raise InputProblem(self.spool.incoming_dir(key), reasons)
-            series = report.series[0]
-            route = self.router.choose(record.calling_ae, series_ctdivol(series), series)
-            denoiser = self.denoiser(route.model)
-            log.info(
-                "series %s: denoising %d slices with %s at strength %g %% on %s; %s",
-                key,
-                series.n_slices,
-                denoiser.name,
-                route.strength,
-                denoiser.provider,
-                route.why,
-            )
-
-            def check_stop(_n: int) -> None:
-                if self.stop.is_set():
-                    raise Parked
-
-            result = denoise_series(
-                series,
-                denoiser,
-                self.spool.derived_dir(key),
-                overwrite=True,
-                on_slice=check_stop,
-                strength=route.strength,
-                why=route.why,
-            )
+            route, result = self._denoise(record)
         except Parked:
-            self._finish(key, generation, lambda r: self._park(r))
+            self._finish(key, generation, self._park)
             log.info("series %s: parked by the stop; it will be processed after restart", key)
             return
         except Exception as exc:  # bad input, a model that fails: recorded, not retried
             if is_disk_full(exc):
                 raise  # not the series' fault: process() queues it again
-            if isinstance(exc, InputProblem):
-                reason = exc.problem
-            else:
-                reason = f"{type(exc).__name__}: {exc}"
-            self._finish(key, generation, lambda r: self._fail(r, reason))
-            self.spool.record_failure(series=key, series_uid=record.series_uid, stage="processing",
-                                      reason=reason)  # fmt: skip
-            log.error(
-                "series %s failed in processing: %s. Nothing was sent; fix the input or the "
-                "model and send the series again",
-                key,
-                reason,
-            )
+            self._fail_series(record, generation, exc)
             return
         seconds = time.perf_counter() - started
-        done = self._finish(key, generation, lambda r: self._processed(r, route, result, seconds))
-        if done is None:
-            return
-        if done.state == State.SENT:
+        done = self._finish(
+            key, generation, lambda latest: self._processed(latest, route, result, seconds)
+        )
+        if done is not None:
+            self._hand_over(done, route, result, seconds)
+
+    def _denoise(self, record: SeriesRecord) -> tuple[Route, Any]:
+        """The series' route, and its derived series written into the spool; Parked if the
+        node stops meanwhile."""
+        key = record.key
+        series = self._read_series(key)
+        route = self.router.choose(record.calling_ae, series_ctdivol(series), series)
+        denoiser = self.denoiser(route.model)
+        log.info(
+            "series %s: denoising %d slices with %s at strength %g %% on %s; %s",
+            key,
+            series.n_slices,
+            denoiser.name,
+            route.strength,
+            denoiser.provider,
+            route.why,
+        )
+
+        def check_stop(_n: int) -> None:
+            if self.stop.is_set():
+                raise Parked
+
+        result = denoise_series(
+            series,
+            denoiser,
+            self.spool.derived_dir(key),
+            overwrite=True,
+            on_slice=check_stop,
+            strength=route.strength,
+            why=route.why,
+        )
+        return route, result
+
+    def _read_series(self, key: str) -> CTSeries:
+        """The one CT series received under ``key``; InputProblem, with every reason, else."""
+        report = scan(self.spool.incoming_dir(key))
+        if report.problems or len(report.series) != 1:
+            reasons = (
+                "; ".join(f"{found.path.name}: {found.problem}" for found in report.problems)
+                or f"{len(report.series)} series in one series folder"
+            )
+            raise InputProblem(self.spool.incoming_dir(key), reasons)
+        return report.series[0]
+
+    def _fail_series(self, record: SeriesRecord, generation: int, exc: Exception) -> None:
+        """A series that cannot be processed: failed, in failures.jsonl, one error line."""
+        key = record.key
+        reason = exc.problem if isinstance(exc, InputProblem) else f"{type(exc).__name__}: {exc}"
+        self._finish(key, generation, lambda latest: self._fail(latest, reason))
+        self.spool.record_failure(
+            series=key, series_uid=record.series_uid, stage="processing", reason=reason
+        )
+        log.error(
+            "series %s failed in processing: %s. Nothing was sent; fix the input or the "
+            "model and send the series again",
+            key,
+            reason,
+        )
+
+    def _hand_over(self, record: SeriesRecord, route: Route, result: Any, seconds: float) -> None:
+        """Wake the senders for a processed series, or say that no destination will get it."""
+        key = record.key
+        if record.state == State.SENT:
             log.warning(
                 "series %s denoised (%d slices) but no destination is configured for route %r: "
                 "the derived series stays in %s",
