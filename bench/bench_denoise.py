@@ -19,7 +19,7 @@ from pathlib import Path
 
 from manas_infer.data.derived import write_derived_series
 from manas_infer.data.series import scan
-from manas_infer.denoise import denoise_derivation, denoise_series
+from manas_infer.jobs.denoise import denoise_derivation, denoise_series
 from manas_infer.runtime import Denoiser, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]

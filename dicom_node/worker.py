@@ -13,13 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from manas_infer.data.series import CTSeries, scan
-from manas_infer.denoise import denoise_series
 from manas_infer.dicom_node.config import NodeConfig
 from manas_infer.dicom_node.disk import is_disk_full
 from manas_infer.dicom_node.records import DestinationProgress, SeriesRecord, State
 from manas_infer.dicom_node.routing import Route, Router, series_ctdivol
 from manas_infer.dicom_node.spool import Spool
 from manas_infer.errors import InputProblem
+from manas_infer.jobs.denoise import denoise_series
 from manas_infer.runtime import Denoiser, ModelChoice
 
 log = logging.getLogger("manas_infer.node.worker")

@@ -1,4 +1,4 @@
-"""Where the data is (``manas_infer.config``) and the demo's input (``manas_infer.demo``),
+"""Where the data is (``manas_infer.config``) and the demo's input (``manas_infer.jobs.demo``),
 all offline: the network is never touched."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import CHEST, need
 
 import manas_infer.config as config
 import manas_infer.data.synthetic as synthetic
-import manas_infer.demo as demo
+import manas_infer.jobs.demo as demo
 from manas_infer.config import ConfigError, cache_root, resolve_data_root
 from manas_infer.data.series import scan
 

@@ -205,7 +205,7 @@ def test_no_space_left_is_one_clear_line(tmp_path: Path, monkeypatch) -> None:
 def _demo(tmp_path: Path, monkeypatch) -> tuple[float, float]:
     """The README's main command on eight real chest slices (the wheel's series is the same
     patient): simulate 5 %, denoise with the shipped default, write the preview."""
-    import manas_infer.demo as demo
+    import manas_infer.jobs.demo as demo
 
     copy_slices(need(CHEST), tmp_path / "chest", 8, start=28)
     monkeypatch.setattr(demo, "fetch_chest_ct", lambda: tmp_path / "chest")

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from manas_infer.cli.common import (
-    _dose_settings,
-    _scan,
-    series_folder_name,
-)
-from manas_infer.cli.series import run_simulation
-from manas_infer.console import console, progress, report_problem
-from manas_infer.errors import InputProblem
+from manas_infer.cli.common import _simulator
+from manas_infer.console import console
 
 
 def demo(
@@ -32,199 +27,57 @@ def demo(
     """The main job on the shipped default: a real chest CT series (the synthetic phantom
     offline) is simulated at low dose, denoised with the shipped model for that dose at the
     default strength, and written as derived series with a preview picture."""
-    import numpy as np
-
-    from manas_infer.data.series import scan
-    from manas_infer.demo import demo_series
+    from manas_infer.jobs.demo import demo_series, run_demo
 
     source, what = demo_series()
     console.print(f"Demo input: {source}\n  {what}")
-    settings = _dose_settings(dose, 720, "insertion")
-    low_dir = out / f"{source.name}-{dose:g}pct"
-    results, problems = run_simulation(
-        [source], settings, low_dir, 0, device, 4, None, overwrite=True
-    )
-    if problems or not results:
+    simulator = _simulator(dose, 720, "insertion", device)
+    with _settings_as_option_errors():
+        outcome = run_demo(source, out, simulator, device, strength)
+    if outcome.summary is None:
         raise typer.Exit(1)
-    normal = scan(source).series[0].read_hu()
-    summary, problems = run_denoise(
-        [low_dir], out / f"{low_dir.name}-denoised", None, dose, device, 4,
-        out / "preview.png", overwrite=True, reference={str(low_dir.resolve()): normal},
-        strength=strength,
-    )  # fmt: skip
-    print_denoise_summary(summary)
-    if problems or not summary["series"]:
+    print_denoise_summary(outcome.summary)
+    if outcome.rmse_hu is None:
         raise typer.Exit(1)
-    low = scan(low_dir).series[0].read_hu()
-    denoised = scan(Path(summary["series"][0]["output"])).series[0].read_hu()
-    body = normal > -500
-    rmse = {k: float(np.sqrt(np.mean((v[body] - normal[body]) ** 2))) for k, v in
-            (("low", low), ("denoised", denoised))}  # fmt: skip
+    rmse, series = outcome.rmse_hu, outcome.summary["series"][0]
     console.print(
         f"Error against the normal-dose series, inside the body: RMSE {rmse['low']:.1f} HU at "
         f"{dose:g} % dose -> {rmse['denoised']:.1f} HU denoised "
-        f"(strength {summary['series'][0]['strength_percent']:g} %)"
+        f"(strength {series['strength_percent']:g} %)"
     )
-    console.print(f"Preview picture: [bold]{summary['series'][0]['preview']}[/bold]")
+    console.print(f"Preview picture: [bold]{series['preview']}[/bold]")
 
 
-def default_denoise_out(series_dir: Path, model_name: str) -> Path:
-    """A sibling of the input whose name says what it holds: CT -> CT-denoised-manas-5pct."""
-    resolved = series_dir.resolve()
-    return resolved.parent / f"{resolved.name}-denoised-{model_name}"
+@contextmanager
+def _settings_as_option_errors() -> Iterator[None]:
+    """A model, dose, device or strength the runtime refuses is an option error (exit 2)."""
+    from manas_infer.jobs.denoise_all import DenoiseSettingsError
 
-
-def run_denoise(
-    inputs: list[Path],
-    out: Path | None,
-    model: str | None,
-    dose: float | None,
-    device: str,
-    batch: int,
-    preview: Path | None,
-    overwrite: bool,
-    reference: dict | None = None,
-    strength: float | None = None,
-) -> tuple[dict, list[InputProblem]]:
-    """Denoise every CT series under ``inputs``; one line per series and per problem.
-
-    ``--model``/``--dose`` pick one model for every series; without them each series gets
-    the model and strength its own measured noise calls for (``runtime/choice.py``). An
-    explicit ``strength`` wins either way. ``reference`` maps a source folder to normal-dose
-    HU (the demo), shown in the preview.
-    """
-    from manas_infer.denoise import denoise_series
-    from manas_infer.preview import save_comparison
-    from manas_infer.runtime import Denoiser, ModelError, resolve_model
-    from manas_infer.runtime.choice import Choice, choose
-    from manas_infer.runtime.strength import StrengthError, check_strength
-
-    hint = "--model/--dose/--device/--strength"
-    denoisers: dict[str, Denoiser] = {}
-
-    def loaded(choice) -> Denoiser:
-        key = str(choice.path.resolve())
-        if key not in denoisers:
-            try:
-                denoisers[key] = Denoiser(choice, device=device, batch=batch)
-            except (ModelError, ValueError, RuntimeError) as exc:
-                raise typer.BadParameter(str(exc), param_hint=hint) from None
-        return denoisers[key]
-
-    explicit = model is not None or dose is not None
     try:
-        if strength is not None:
-            check_strength(strength)
-        if explicit:  # a wrong name, dose or device stops before anything is read
-            loaded(resolve_model(model, dose))
-    except (ModelError, StrengthError) as exc:
-        raise typer.BadParameter(str(exc), param_hint=hint) from None
-    found, problems = _scan(inputs)
-    if not found and not problems:
-        problems.append(InputProblem(inputs[0], "no DICOM CT series found"))
-        report_problem(problems[-1])
-    choices: list[tuple[object, Choice]] = []
-    for s in found:
-        try:
-            choices.append((s, choose(s, model, dose, strength)))
-        except InputProblem as problem:  # a slice read for the noise estimate is unreadable
-            report_problem(problem)
-            problems.append(problem)
-        except ModelError as exc:
-            raise typer.BadParameter(str(exc), param_hint=hint) from None
-    names = {c.model.name for _, c in choices}
-    named = names.pop() if len(names) == 1 else "auto"
-    base = out or default_denoise_out(inputs[0], resolve_model(model, dose).name if explicit
-                                      else named)  # fmt: skip
-    results = []
-    with progress() as bar:
-        for s, choice in choices:
-            if not explicit:
-                console.print(f"{s.folder}: {choice.why}", soft_wrap=True)
-            denoiser = loaded(choice.model)
-            target = base if len(found) == 1 else base / series_folder_name(s)
-            task = bar.add_task(f"Denoising {s.description[:30]}", total=s.n_slices)
-            started = time.perf_counter()
-            try:
-                done = denoise_series(
-                    s,
-                    denoiser,
-                    target,
-                    overwrite,
-                    on_slice=lambda n, t=task: bar.advance(t, n),
-                    strength=choice.strength,
-                    why=choice.why,
-                )
-            except InputProblem as problem:
-                report_problem(problem)
-                problems.append(problem)
-                continue
-            seconds = time.perf_counter() - started
-            result = {
-                "source": str(s.folder),
-                "output": str(done.written.folder),
-                "series_uid": done.written.series_uid,
-                "slices": done.written.n_slices,
-                "seconds": round(seconds, 2),
-                "slices_per_s": round(done.written.n_slices / seconds, 2),
-                **choice.summary(),
-            }
-            if preview is not None:
-                png = (
-                    preview
-                    if len(found) == 1
-                    else preview.with_name(
-                        f"{preview.stem}-{series_folder_name(s)}{preview.suffix}"
-                    )
-                )
-                m = s.n_slices // 2
-                label = f"Denoised ({choice.model.name}, {choice.strength:g} %)"
-                panels = [("Input", done.source[m]), (label, done.output[m])]
-                normal = (reference or {}).get(str(Path(s.folder).resolve()))
-                if normal is not None:
-                    panels.insert(0, ("Normal dose", normal[m]))
-                save_comparison(
-                    png,
-                    panels,
-                    difference=("Removed (input - denoised)", done.source[m] - done.output[m]),
-                    title=f"{s.description} - slice {m + 1} of {s.n_slices}",
-                )
-                result["preview"] = str(png)
-            results.append(result)
-    first = next(iter(denoisers.values()), None)
-    chosen = [c for _, c in choices]
-    one_model = len({c.model.name for c in chosen}) == 1
-    summary = {
-        "model": chosen[0].model.name if one_model else ("mixed" if chosen else None),
-        "model_path": str(chosen[0].model.path) if one_model else None,
-        "model_choice": chosen[0].model.why if one_model else "noise-based choice per series",
-        "strength_percent": chosen[0].strength if len({c.strength for c in chosen}) == 1 else None,
-        "provider": first.provider if first else None,
-        "provider_reason": first.why if first else None,
-        "series": results,
-        "problems": [str(p) for p in problems],
-        "slices": sum(r["slices"] for r in results),
-        "seconds": round(sum(r["seconds"] for r in results), 2),
-    }
-    return summary, problems
+        yield
+    except DenoiseSettingsError as exc:
+        raise typer.BadParameter(
+            str(exc), param_hint="--model/--dose/--device/--strength"
+        ) from None
 
 
 def print_denoise_summary(summary: dict) -> None:
+    """The run's summary as a table, one row a series, and a line with the totals."""
     from rich.table import Table
 
     table = Table(title=f"{summary['model']} ({summary['model_choice']}) on {summary['provider']}")
     for column in ("series", "model", "strength", "noise HU", "slices", "slices/s", "output"):
         table.add_column(column, overflow="fold")
-    for r in summary["series"]:
-        noise = r["measured_noise_hu"]
+    for result in summary["series"]:
+        noise = result["measured_noise_hu"]
         table.add_row(
-            Path(r["source"]).name,
-            r["model"],
-            f"{r['strength_percent']:g} %",
+            Path(result["source"]).name,
+            result["model"],
+            f"{result['strength_percent']:g} %",
             "-" if noise is None else f"{noise:.1f}",
-            str(r["slices"]),
-            f"{r['slices_per_s']:.2f}",
-            r["output"],
+            str(result["slices"]),
+            f"{result['slices_per_s']:.2f}",
+            result["output"],
         )
     if summary["series"]:
         console.print(table)
@@ -278,9 +131,12 @@ def denoise(
     (or a given model or dose) and write each as a derived DICOM series, next to the input
     unless --out says otherwise. Every series keeps its CT numbers: the very-low-frequency
     part of what the network removes is put back (the bias guard)."""
-    summary, problems = run_denoise(
-        [series_dir], out, model, dose, device, batch, preview, overwrite, strength=strength
-    )
+    from manas_infer.jobs.denoise_all import denoise_all
+
+    with _settings_as_option_errors():
+        summary, problems = denoise_all(
+            [series_dir], out, model, dose, device, batch, preview, overwrite, strength=strength
+        )
     if as_json:
         print(json.dumps(summary, indent=2))
     else:

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from manas_infer.cli.common import (
-    SimulationMode,
-    _device,
-    _dose_settings,
-    _scan,
-    series_folder_name,
-)
-from manas_infer.console import console, progress, report_problem
+from manas_infer.cli.common import SimulationMode, _simulator
+from manas_infer.console import console, report_problem
 from manas_infer.errors import InputProblem
+
+if TYPE_CHECKING:
+    from manas_infer.data.series import CTSeries
 
 
 def inspect(
@@ -24,121 +21,58 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
 ) -> None:
     """List the CT series found under PATHS and every file or series that cannot be used."""
-    from rich.table import Table
+    from manas_infer.jobs.each_series import scan_inputs
 
-    series, problems = _scan(paths)
+    found, problems = scan_inputs(paths)
     if as_json:
-        rows = [
-            {
-                "series_uid": s.series_uid,
-                "description": s.description,
-                "slices": s.n_slices,
-                "rows": s.shape[0],
-                "columns": s.shape[1],
-                "pixel_spacing_mm": list(s.pixel_spacing),
-                "slice_spacing_mm": s.slice_spacing,
-                "transfer_syntax": s.transfer_syntax,
-                "folder": str(s.folder),
-                "warnings": s.warnings,
-            }
-            for s in series
-        ]
-        problems_out = [{"path": str(p.path), "problem": p.problem} for p in problems]
-        print(json.dumps({"series": rows, "problems": problems_out}, indent=2))
+        _print_json(found, problems)
     else:
-        table = Table(title=f"{len(series)} CT series")
-        for column in ("Series", "Slices", "Matrix", "Pixel mm", "Slice mm", "Encoding", "Folder"):
-            table.add_column(column)
-        for s in series:
-            spacing = s.slice_spacing
-            table.add_row(
-                s.description or "(none)",
-                str(s.n_slices),
-                f"{s.shape[0]}x{s.shape[1]}",
-                f"{s.pixel_spacing[0]:.3f}",
-                f"{spacing:.2f}" if spacing else "-",
-                s.transfer_syntax,
-                str(s.folder),
-            )
-        console.print(table)
-        for s in series:
-            for warning in s.warnings:
-                console.print(f"[yellow]warning:[/yellow] {s.folder}: {warning}")
-    if problems or not series:
+        _print_table(found)
+    if problems or not found:
         raise typer.Exit(1)
 
 
-def run_simulation(
-    inputs: list[Path],
-    settings,
-    out: Path,
-    seed: int,
-    device: str,
-    batch: int,
-    preview: Path | None,
-    overwrite: bool,
-) -> tuple[list[dict], list[InputProblem]]:
-    """Simulate every series under ``inputs``; print a line per series and per problem."""
-    from manas_infer.preview import save_comparison
-    from manas_infer.simulate.dose import LowDoseSimulator
-    from manas_infer.simulate.low_dose_series import simulate_series
+def _print_json(found: list[CTSeries], problems: list[InputProblem]) -> None:
+    rows = [
+        {
+            "series_uid": series.series_uid,
+            "description": series.description,
+            "slices": series.n_slices,
+            "rows": series.shape[0],
+            "columns": series.shape[1],
+            "pixel_spacing_mm": list(series.pixel_spacing),
+            "slice_spacing_mm": series.slice_spacing,
+            "transfer_syntax": series.transfer_syntax,
+            "folder": str(series.folder),
+            "warnings": series.warnings,
+        }
+        for series in found
+    ]
+    problems_out = [{"path": str(problem.path), "problem": problem.problem} for problem in problems]
+    print(json.dumps({"series": rows, "problems": problems_out}, indent=2))
 
-    simulator = LowDoseSimulator(settings, device=_device(device))
-    dose = settings.dose_percent
-    found, problems = _scan(inputs)
-    results = []
-    with progress() as bar:
-        for s in found:
-            target = out if len(found) == 1 else out / series_folder_name(s)
-            task = bar.add_task(f"Simulating {dose:g} % {s.description[:30]}", total=s.n_slices)
-            started = time.perf_counter()
-            try:
-                written, normal, low = simulate_series(
-                    s,
-                    simulator,
-                    target,
-                    seed=seed,
-                    batch=batch,
-                    overwrite=overwrite,
-                    on_slice=lambda n, t=task: bar.advance(t, n),
-                )
-            except InputProblem as problem:
-                report_problem(problem)
-                problems.append(problem)
-                continue
-            seconds = time.perf_counter() - started
-            middle = s.n_slices // 2
-            noise_sd = float((low[middle] - normal[middle]).std())
-            result = {
-                "source": str(s.folder),
-                "output": str(written.folder),
-                "series_uid": written.series_uid,
-                "slices": written.n_slices,
-                "seconds": round(seconds, 2),
-                "noise_sd_hu_middle_slice": round(noise_sd, 1),
-            }
-            if preview is not None:
-                png = (
-                    preview
-                    if len(found) == 1
-                    else preview.with_name(
-                        f"{preview.stem}-{series_folder_name(s)}{preview.suffix}"
-                    )
-                )
-                save_comparison(
-                    png,
-                    [("Normal dose", normal[middle]), (f"Simulated {dose:g} % dose", low[middle])],
-                    difference=("Added noise", low[middle] - normal[middle]),
-                    title=f"{s.description} - slice {middle + 1} of {s.n_slices}",
-                )
-                result["preview"] = str(png)
-            results.append(result)
-            console.print(
-                f"[green]wrote[/green] {written.folder}: {written.n_slices} slices at "
-                f"{dose:g} % dose in {seconds:.1f} s (added noise SD {noise_sd:.1f} HU in the "
-                f"middle slice, {simulator.device.type})"
-            )
-    return results, problems
+
+def _print_table(found: list[CTSeries]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(found)} CT series")
+    for column in ("Series", "Slices", "Matrix", "Pixel mm", "Slice mm", "Encoding", "Folder"):
+        table.add_column(column)
+    for series in found:
+        spacing = series.slice_spacing
+        table.add_row(
+            series.description or "(none)",
+            str(series.n_slices),
+            f"{series.shape[0]}x{series.shape[1]}",
+            f"{series.pixel_spacing[0]:.3f}",
+            f"{spacing:.2f}" if spacing else "-",
+            series.transfer_syntax,
+            str(series.folder),
+        )
+    console.print(table)
+    for series in found:
+        for warning in series.warnings:
+            console.print(f"[yellow]warning:[/yellow] {series.folder}: {warning}")
 
 
 def simulate(
@@ -167,12 +101,13 @@ def simulate(
 ) -> None:
     """Simulate a low-dose CT series from a normal-dose one (Poisson and electronic noise in
     the projection domain, as in the MANAS paper) and write it as a derived DICOM series."""
-    settings = _dose_settings(dose, views, mode.value)
-    results, problems = run_simulation(
-        [series_dir], settings, out, seed, device, batch, preview, overwrite
-    )
+    from manas_infer.jobs.simulate import simulate_all
+
+    simulator = _simulator(dose, views, mode.value, device)
+    results, problems = simulate_all([series_dir], simulator, out, seed, batch, preview, overwrite)
     if as_json:
-        print(json.dumps({"series": results, "problems": [str(p) for p in problems]}, indent=2))
+        problem_lines = [str(problem) for problem in problems]
+        print(json.dumps({"series": results, "problems": problem_lines}, indent=2))
     if problems or not results:
         raise typer.Exit(1)
 

@@ -1,20 +1,20 @@
-"""A CT series -> a denoised derived series: the one step both the ``denoise`` command and the
-DICOM node run (read with the one reader, denoise with the one runtime, write with the one
-writer). Nothing here knows about command lines or networks."""
+"""Denoise a series: a CT series -> a denoised derived series, the one step both the
+``denoise`` command and the DICOM node run (read with the one reader, denoise with the one
+runtime, write with the one writer). Nothing here knows about command lines or networks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from manas_infer import __version__
-from manas_infer.data.derived import Derivation, WrittenSeries, write_derived_series
+from manas_infer.data.derived import Derivation, write_derived_series
 from manas_infer.data.series import CTSeries
 from manas_infer.errors import InputProblem
 from manas_infer.hashing import sha256
+from manas_infer.jobs.each_series import DerivedVolumes
 from manas_infer.runtime import Denoiser
 from manas_infer.runtime.guard import BIAS_GUARD_SIGMA_PX
 from manas_infer.runtime.strength import DEFAULT_STRENGTH, check_strength
@@ -53,15 +53,6 @@ def denoise_derivation(
     )
 
 
-@dataclass(frozen=True)
-class Denoised:
-    """A written derived series, with the input and output volumes for previews and checks."""
-
-    written: WrittenSeries
-    source: np.ndarray
-    output: np.ndarray
-
-
 def denoise_series(
     series: CTSeries,
     denoiser: Denoiser,
@@ -70,7 +61,7 @@ def denoise_series(
     on_slice: Callable[[int], None] | None = None,
     strength: float = DEFAULT_STRENGTH,
     why: str = "",
-) -> Denoised:
+) -> DerivedVolumes:
     """Denoise every slice of ``series`` at ``strength`` percent and write the derived series
     atomically to ``out_dir``; ``why`` says how model and strength were chosen.
 
@@ -90,4 +81,4 @@ def denoise_series(
             on_slice(len(hu))
     derivation = denoise_derivation(denoiser, strength, why)
     written = write_derived_series(series, output, derivation, out_dir, overwrite)
-    return Denoised(written, source, output)
+    return DerivedVolumes(written, source, output)
