@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from manas_infer.evaluate.physics_plots import auc_figure, nps_figure, ttf_figure
@@ -57,25 +59,27 @@ def patient_section(out: Path, physics: dict) -> tuple[list[str], list[str]]:
         f"body-edge TTF f50 ({unit}) | f10 ({unit}) |",
         "|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        nps, ttf = r.get("nps"), r.get("ttf_body_edge")
+    for row in rows:
+        nps, ttf = row.get("nps"), row.get("ttf_body_edge")
         lines.append(
-            f"| {r['method']} | {_f(nps and nps['sd_hu'], 1)} | "
+            f"| {row['method']} | {_f(nps and nps['sd_hu'], 1)} | "
             f"{_f(nps and nps['mean_frequency'])} | {_f(nps and nps['peak_frequency'])} | "
             f"{_f(ttf and ttf['f50'])} | {_f(ttf and ttf['f10'])} |"
         )
     lines += ["", f"- {NPS_NOTE}", f"- {TTF_NOTE}", ""]
     figures = []
-    curves = [(r["method"], r["nps"]["frequency"], r["nps"]["nps"]) for r in rows if "nps" in r]
+    curves = [
+        (row["method"], row["nps"]["frequency"], row["nps"]["nps"]) for row in rows if "nps" in row
+    ]
     if curves:
         nps_figure(
             out / "physics-nps.png", curves, "Noise power spectra in uniform soft tissue", unit
         )
         figures.append("physics-nps.png")
     edges = [
-        (r["method"], r["ttf_body_edge"]["frequency"], r["ttf_body_edge"]["ttf"])
-        for r in rows
-        if "ttf_body_edge" in r
+        (row["method"], row["ttf_body_edge"]["frequency"], row["ttf_body_edge"]["ttf"])
+        for row in rows
+        if "ttf_body_edge" in row
     ]
     if edges:
         ttf_figure(out / "physics-ttf.png", [("body outline against air", edges)], unit)
@@ -84,45 +88,102 @@ def patient_section(out: Path, physics: dict) -> tuple[list[str], list[str]]:
     return lines, figures
 
 
+@dataclass(frozen=True)
+class _LcdResults:
+    """The LCD battery's results as the sections read them: rows by (dose, method)."""
+
+    phantom: dict
+    settings: dict
+    doses: list[int]
+    inserts: list[str]  # rod labels
+    methods: list[str]
+    input_name: str | None  # the method that is the unprocessed input, if one is
+    rows: dict[tuple[int, str], dict]
+
+    @classmethod
+    def of(cls, lcd: dict) -> _LcdResults:
+        phantom = lcd["phantom"]
+        return cls(
+            phantom=phantom,
+            settings=lcd["settings"],
+            doses=phantom["doses_percent"],
+            inserts=[insert["label"] for insert in phantom["inserts"]],
+            methods=[method["name"] for method in lcd["methods"]],
+            input_name=next(
+                (method["name"] for method in lcd["methods"] if method["kind"] == "input"), None
+            ),
+            rows={(row["dose_percent"], row["method"]): row for row in lcd["rows"]},
+        )
+
+    @property
+    def full_dose(self) -> int:
+        return max(self.doses)
+
+    def curves(self, dose: int, measure: str, values: str) -> list[tuple[str, list, list]]:
+        """(method, frequency, values) of one measure of every method at one dose."""
+        measured = {method: self.rows[(dose, method)][measure] for method in self.methods}
+        return [(method, row["frequency"], row[values]) for method, row in measured.items()]
+
+    def each(self) -> Iterator[tuple[int, str, dict]]:
+        """(dose, method, row) in table order: by dose, then by method."""
+        for dose in self.doses:
+            for method in self.methods:
+                yield dose, method, self.rows[(dose, method)]
+
+
 def lcd_section(out: Path, lcd: dict) -> tuple[list[str], list[str]]:
     """(markdown lines, figure names) for the battery on the LCD phantom."""
-    ph, settings = lcd["phantom"], lcd["settings"]
-    doses = ph["doses_percent"]
-    inserts = [i["label"] for i in ph["inserts"]]
-    full_dose = max(doses)
-    by = {(r["dose_percent"], r["method"]): r for r in lcd["rows"]}
-    methods = [m["name"] for m in lcd["methods"]]
-    input_name = next((m["name"] for m in lcd["methods"] if m["kind"] == "input"), None)
-    n_tests = (len(methods) - 1) * len(inserts) * len(doses)
-    where = "; ".join(
-        f"{i['label']} at ({i['centre_px'][0]:.1f}, {i['centre_px'][1]:.1f}) px"
-        for i in ph["inserts"]
-    )
+    results = _LcdResults.of(lcd)
     lines = [
+        *_lcd_intro(results),
+        *_summary(results),
+        *_lcd_noise(results),
+        *_lcd_sharpness(results),
+        *_lcd_detectability(results),
+    ]
+    figures = _lcd_figures(out, results, lcd)
+    lines += [f"![{name}]({name})" for name in figures] + [""]
+    return lines, figures
+
+
+def _lcd_intro(results: _LcdResults) -> list[str]:
+    """The heading and what was measured where."""
+    phantom = results.phantom
+    where = "; ".join(
+        f"{insert['label']} at ({insert['centre_px'][0]:.1f}, {insert['centre_px'][1]:.1f}) px"
+        for insert in phantom["inserts"]
+    )
+    doses = ", ".join(f"{dose} %" for dose in results.doses)
+    return [
         "## The LCD phantom (MITA CCT189): noise, sharpness, low-contrast detectability",
         "",
-        f"Phantom: {ph['folder']}; pixel {ph['pixel_spacing_mm']:.4f} mm "
-        f"({ph['pixel_spacing_note']}); doses {', '.join(f'{d} %' for d in doses)} of its own "
+        f"Phantom: {phantom['folder']}; pixel {phantom['pixel_spacing_mm']:.4f} mm "
+        f"({phantom['pixel_spacing_note']}); doses {doses} of its own "
         "protocol, ten noise realisations each with and without the rods. Rods measured on the "
         f"ground truth (nominal CCT189: 3 / 5 / 7 / 10 mm at 14 / 7 / 5 / 3 HU): {where}. "
         "Every method is applied to every image of every dose.",
         "",
-        *_summary(lcd, doses, methods, inserts, input_name),
+    ]
+
+
+def _lcd_noise(results: _LcdResults) -> list[str]:
+    """The noise table: SD, NPS mean and peak frequency, water mean; and how it was measured."""
+    settings = results.settings
+    lines = [
         "### Noise",
         "",
         "| dose | method | noise SD (HU) | NPS mean f (mm⁻¹) | NPS peak f (mm⁻¹) | "
         "water mean (HU) |",
         "|---|---|---|---|---|---|",
     ]
-    for d in doses:
-        for m in methods:
-            n = by[(d, m)]["nps"]
-            water = by[(d, m)]["mean_hu_centre"]
-            lines.append(
-                f"| {d} % | {m} | {n['sd_hu']:.1f} | {n['mean_frequency']:.3f} | "
-                f"{n['peak_frequency']:.3f} | {water:.1f} |"
-            )
-    lines += [
+    for dose, method, row in results.each():
+        nps = row["nps"]
+        lines.append(
+            f"| {dose} % | {method} | {nps['sd_hu']:.1f} | {nps['mean_frequency']:.3f} | "
+            f"{nps['peak_frequency']:.3f} | {row['mean_hu_centre']:.1f} |"
+        )
+    return [
+        *lines,
         "",
         f"- Noise = (output of realisation 2k - output of 2k+1) / sqrt 2 over the five pairs of "
         f"signal-absent images, {settings['nps_roi']} x {settings['nps_roi']} px ROIs at the "
@@ -130,47 +191,61 @@ def lcd_section(out: Path, lcd: dict) -> tuple[list[str], list[str]]:
         "method). Water mean: the central ROI's mean over the signal-absent outputs (0 HU "
         "is right). " + NPS_NOTE,
         "",
+    ]
+
+
+def _lcd_sharpness(results: _LcdResults) -> list[str]:
+    """The TTF table of the outline and the rods, with why the rods' numbers are weak."""
+    inserts, settings = results.inserts, results.settings
+    lines = [
         "### Sharpness",
         "",
         "| dose | method | outline TTF f50 (mm⁻¹) [95 % CI] | outline f10 [95 % CI] | "
-        + " | ".join(f"rod {i} f50" for i in inserts)
+        + " | ".join(f"rod {insert} f50" for insert in inserts)
         + " |",
         "|---|---|---|---|" + "---|" * len(inserts),
     ]
-    for d in doses:
-        for m in methods:
-            t = by[(d, m)]["ttf_outline"]
-            rod = by[(d, m)]["ttf_inserts"]
-            rods = " | ".join(_ci(rod[i]["f50"], rod[i]["f50_ci95"]) for i in inserts)
-            lines.append(
-                f"| {d} % | {m} | {_ci(t['f50'], t['f50_ci95'])} | "
-                f"{_ci(t['f10'], t['f10_ci95'])} | {rods} |"
-            )
-    lines += [
+    for dose, method, row in results.each():
+        outline, rod = row["ttf_outline"], row["ttf_inserts"]
+        rods = " | ".join(_ci(rod[insert]["f50"], rod[insert]["f50_ci95"]) for insert in inserts)
+        lines.append(
+            f"| {dose} % | {method} | {_ci(outline['f50'], outline['f50_ci95'])} | "
+            f"{_ci(outline['f10'], outline['f10_ci95'])} | {rods} |"
+        )
+    return [
+        *lines,
         "",
         f"- Outline: the phantom's edge (water against air, about 1000 HU), a circle of "
-        f"{ph['outline_radius_px']:.1f} px about the ground truth's centre; ESF over "
-        f"±{settings['outline_reach_px']:.0f} px from the mean of all twenty images of a dose. "
-        "Rods: each rod's circular edge on the mean of its ten signal-present images; at "
+        f"{results.phantom['outline_radius_px']:.1f} px about the ground truth's centre; ESF "
+        f"over ±{settings['outline_reach_px']:.0f} px from the mean of all twenty images of a "
+        "dose. Rods: each rod's circular edge on the mean of its ten signal-present images; at "
         "3-14 HU under 20-70 HU of noise their ESF is mostly noise, so these f50 are "
         "unreliable (often no interval, '—' when no crossing): averaging ten realisations is "
         "not enough, and they are shown only to say so. 95 % intervals: percentiles over "
         f"{settings['n_boot_ttf']} resamples of the images. " + TTF_NOTE,
         "",
+    ]
+
+
+def _lcd_detectability(results: _LcdResults) -> list[str]:
+    """The CHO AUC table with each verdict against the input, and the observer's method."""
+    inserts, settings, input_name = results.inserts, results.settings, results.input_name
+    n_tests = (len(results.methods) - 1) * len(inserts) * len(results.doses)
+    lines = [
         "### Low-contrast detectability (CHO)",
         "",
-        "| dose | method | " + " | ".join(f"AUC {i} [95 % CI]" for i in inserts) + " |",
+        "| dose | method | " + " | ".join(f"AUC {insert} [95 % CI]" for insert in inserts) + " |",
         "|---|---|" + "---|" * len(inserts),
     ]
-    for d in doses:
-        for m in methods:
-            cells = []
-            for i in inserts:
-                c = by[(d, m)]["cho"][i]
-                verdict = f" **{c['vs_input']['verdict']}**" if "vs_input" in c else ""
-                cells.append(_ci(c["auc"], c["auc_ci95"]) + verdict)
-            lines.append(f"| {d} % | {m} | " + " | ".join(cells) + " |")
-    lines += [
+    for dose, method, row in results.each():
+        cells = []
+        for insert in inserts:
+            cho = row["cho"][insert]
+            verdict = f" **{cho['vs_input']['verdict']}**" if "vs_input" in cho else ""
+            cells.append(_ci(cho["auc"], cho["auc_ci95"]) + verdict)
+        lines.append(f"| {dose} % | {method} | " + " | ".join(cells) + " |")
+    return [
+        *lines,
         "",
         f"- Channelized Hotelling observer, {settings['channels']} Laguerre-Gauss channels of "
         f"width {settings['channel_width']:g} x the rod radius centred on the rod. Signal "
@@ -191,44 +266,41 @@ def lcd_section(out: Path, lcd: dict) -> tuple[list[str], list[str]]:
         f"{input_name or 'the input'} at the same dose excludes 0 (above / below) or not; "
         f"{n_tests} such comparisons here, not corrected for multiplicity: about "
         f"{n_tests / 20:.0f} are expected to come out significant by chance alone.",
-        f"- {full_dose} % is the phantom's full dose: its input row is the reference for the "
-        "lower doses.",
+        f"- {results.full_dose} % is the phantom's full dose: its input row is the reference "
+        "for the lower doses.",
         "",
     ]
+
+
+def _lcd_figures(out: Path, results: _LcdResults, lcd: dict) -> list[str]:
+    """NPS per dose (with the full-dose input for reference), outline TTFs, AUC bars."""
+    full_dose, input_name, rows = results.full_dose, results.input_name, results.rows
     figures = []
-    for d in doses:
-        curves = [(m, by[(d, m)]["nps"]["frequency"], by[(d, m)]["nps"]["nps"]) for m in methods]
-        if d != full_dose and input_name is not None:
-            ref = by[(full_dose, input_name)]["nps"]
+    for dose in results.doses:
+        curves = results.curves(dose, "nps", "nps")
+        if dose != full_dose and input_name is not None:
+            ref = rows[(full_dose, input_name)]["nps"]
             curves.insert(0, (f"full dose ({full_dose} % input)", ref["frequency"], ref["nps"]))
-        name = f"physics-lcd-nps-{d}pct.png"
-        nps_figure(out / name, curves, f"LCD phantom, {d} % dose: noise power spectra", "mm^-1")
+        name = f"physics-lcd-nps-{dose}pct.png"
+        title = f"LCD phantom, {dose} % dose: noise power spectra"
+        nps_figure(out / name, curves, title, "mm^-1")
         figures.append(name)
     panels = [
-        (
-            f"{d} %: phantom outline (water / air)",
-            [
-                (m, by[(d, m)]["ttf_outline"]["frequency"], by[(d, m)]["ttf_outline"]["ttf"])
-                for m in methods
-            ],
-        )
-        for d in doses
+        (f"{dose} %: phantom outline (water / air)", results.curves(dose, "ttf_outline", "ttf"))
+        for dose in results.doses
     ]
     ttf_figure(out / "physics-lcd-ttf.png", panels, "mm^-1")
     figures.append("physics-lcd-ttf.png")
     auc_figure(out / "physics-lcd-auc.png", lcd)
     figures.append("physics-lcd-auc.png")
-    lines += [f"![{name}]({name})" for name in figures] + [""]
-    return lines, figures
+    return figures
 
 
-def _summary(
-    lcd: dict, doses: list[int], methods: list[str], inserts: list[str], input_name: str | None
-) -> list[str]:
+def _summary(results: _LcdResults) -> list[str]:
     """Each method against the input at the same dose, in one line per method and dose."""
+    input_name, inserts = results.input_name, results.inserts
     if input_name is None:
         return []
-    by = {(r["dose_percent"], r["method"]): r for r in lcd["rows"]}
     lines = [
         "### Summary: each method against its input",
         "",
@@ -240,23 +312,23 @@ def _summary(
     def change(new: float | None, old: float | None) -> str:
         return "—" if not new or not old else f"{100 * (new / old - 1):+.0f} %"
 
-    for d in doses:
-        ref = by[(d, input_name)]
-        for m in methods:
-            if m == input_name:
-                continue
-            r = by[(d, m)]
-            verdicts = [r["cho"][i].get("vs_input", {}).get("verdict") for i in inserts]
-            lowered = [i for i, v in zip(inserts, verdicts, strict=True) if v == "lowers"]
-            counts = " / ".join(str(verdicts.count(v)) for v in ("raises", "keeps", "lowers"))
-            lines.append(
-                f"| {d} % | {m} | {change(r['nps']['sd_hu'], ref['nps']['sd_hu'])} | "
-                f"{change(r['nps']['mean_frequency'], ref['nps']['mean_frequency'])} | "
-                f"{change(r['nps']['peak_frequency'], ref['nps']['peak_frequency'])} | "
-                f"{change(r['ttf_outline']['f50'], ref['ttf_outline']['f50'])} | {counts}"
-                + (f" (lowers {', '.join(lowered)})" if lowered else "")
-                + " |"
-            )
+    for dose, method, row in results.each():
+        if method == input_name:
+            continue
+        ref = results.rows[(dose, input_name)]
+        verdicts = [row["cho"][insert].get("vs_input", {}).get("verdict") for insert in inserts]
+        lowered = [
+            insert for insert, verdict in zip(inserts, verdicts, strict=True) if verdict == "lowers"
+        ]
+        counts = " / ".join(str(verdicts.count(kind)) for kind in ("raises", "keeps", "lowers"))
+        lines.append(
+            f"| {dose} % | {method} | {change(row['nps']['sd_hu'], ref['nps']['sd_hu'])} | "
+            f"{change(row['nps']['mean_frequency'], ref['nps']['mean_frequency'])} | "
+            f"{change(row['nps']['peak_frequency'], ref['nps']['peak_frequency'])} | "
+            f"{change(row['ttf_outline']['f50'], ref['ttf_outline']['f50'])} | {counts}"
+            + (f" (lowers {', '.join(lowered)})" if lowered else "")
+            + " |"
+        )
     return [*lines, ""]
 
 

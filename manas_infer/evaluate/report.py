@@ -78,8 +78,8 @@ def score(
                 scored.per_slice.setdefault(name, []).append(float(value[0]))
             if perceptual is not None:
                 with torch.no_grad():
-                    pl = float(perceptual(pred, target))
-                scored.per_slice.setdefault("perceptual", []).append(pl)
+                    perceptual_loss = float(perceptual(pred, target))
+                scored.per_slice.setdefault("perceptual", []).append(perceptual_loss)
             if i in figure_slices:
                 scored.shown[i] = out
             if on_output is not None:
@@ -96,10 +96,15 @@ def zoom_box(full: np.ndarray, side: int) -> tuple[int, int]:
     low, high = window_bounds(SOFT_TISSUE_WINDOW)
     tissue = ((full > low) & (full < high)).astype(np.float64)
     side = min(side, *full.shape)
-    s = np.pad(tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    counts = s[side:, side:] - s[:-side, side:] - s[side:, :-side] + s[:-side, :-side]
-    r, c = np.unravel_index(int(np.argmax(counts)), counts.shape)
-    return int(r), int(c)
+    integral = np.pad(tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    counts = (
+        integral[side:, side:]
+        - integral[:-side, side:]
+        - integral[side:, :-side]
+        + integral[:-side, :-side]
+    )
+    row, col = np.unravel_index(int(np.argmax(counts)), counts.shape)
+    return int(row), int(col)
 
 
 def slice_figure(
@@ -107,7 +112,9 @@ def slice_figure(
 ) -> Path:
     """Full dose, low dose and each method: the slice, a zoom, and the difference."""
     panels = [("full dose", full), ("low dose", low)] + [
-        (s.method.name, s.shown[index]) for s in rows if s.method.kind != "input"
+        (scored.method.name, scored.shown[index])
+        for scored in rows
+        if scored.method.kind != "input"
     ]
     side = max(32, min(full.shape) // 4)
     r, c = zoom_box(full, side)
@@ -127,9 +134,9 @@ def slice_figure(
             axes[2][k].text(0.5, 0.5, f"difference from\nfull dose\n(+-{scale:.0f} HU)",
                             ha="center", va="center", fontsize=10)  # fmt: skip
         else:
-            d = diffs[k - 1]
-            axes[2][k].imshow(d, cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
-            axes[2][k].set_title(f"RMSE {math.sqrt(float(np.mean(d**2))):.1f} HU", fontsize=9)
+            diff = diffs[k - 1]
+            axes[2][k].imshow(diff, cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
+            axes[2][k].set_title(f"RMSE {math.sqrt(float(np.mean(diff**2))):.1f} HU", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -143,10 +150,10 @@ def slice_figure(
 
 def psnr_figure(path: Path, rows: list[Scored]) -> Path:
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
-    finite = [[v for v in s.per_slice["psnr"] if math.isfinite(v)] for s in rows]
+    finite = [[v for v in scored.per_slice["psnr"] if math.isfinite(v)] for scored in rows]
     ax.boxplot(finite, showmeans=True)
-    ax.set_xticks(range(1, len(rows) + 1), [s.method.name for s in rows], rotation=20, ha="right",
-                  fontsize=8)  # fmt: skip
+    names = [scored.method.name for scored in rows]
+    ax.set_xticks(range(1, len(rows) + 1), names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("PSNR, full range (dB)")
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
@@ -172,12 +179,13 @@ def write_report(
     (``PatientPhysics.result()``) adds the noise-texture and edge-sharpness section."""
     out.mkdir(parents=True, exist_ok=True)
     physics_lines, physics_figures = patient_section(out, physics) if physics else ([], [])
-    figures = []
-    for i in figure_slices:
-        figures.append(slice_figure(out / f"slice-{i + 1}.png", pairs.labels[i], pairs.full[i],
-                                    pairs.low[i], rows, i).name)  # fmt: skip
+    figures = [
+        slice_figure(
+            out / f"slice-{i + 1}.png", pairs.labels[i], pairs.full[i], pairs.low[i], rows, i
+        ).name
+        for i in figure_slices
+    ]
     figures.append(psnr_figure(out / "psnr.png", rows).name)
-    has_pl = any("perceptual" in s.per_slice for s in rows)
     metrics = {
         "source": pairs.source,
         "slices": len(pairs),
@@ -185,19 +193,7 @@ def write_report(
         "ranges": RANGES,
         "perceptual": perceptual_note,
         "settings": settings,
-        "methods": [
-            {
-                "name": s.method.name,
-                "kind": s.method.kind,
-                "detail": s.method.detail,
-                "parameters": s.method.parameters,
-                "gflops_512": s.method.gflops_512,
-                "seconds_per_slice": mean_sd(s.seconds),
-                "mean_sd": s.summary(),
-                "per_slice": s.per_slice,
-            }
-            for s in rows
-        ],
+        "methods": [_method_metrics(scored) for scored in rows],
         "figures": figures,
     }
     if physics:
@@ -208,22 +204,56 @@ def write_report(
         "",
         f"Pairs: {pairs.source}; {len(pairs)} slices. Mean ± SD over slices.",
         "",
-        "| method | PSNR (dB) | SSIM | PSNR window (dB) | SSIM window |"
-        + (" perceptual |" if has_pl else "")
-        + " parameters | GFLOPs 512² | s / slice |",
-        "|---|---|---|---|---|" + ("---|" if has_pl else "") + "---|---|---|",
+        *_table(rows),
+        *_notes(rows, perceptual_note),
+        *[f"![{name}]({name})" for name in figures],
+        "",
+        *physics_lines,
     ]
-    for s in rows:
-        m = s.summary()
-        params = "—" if s.method.parameters is None else f"{s.method.parameters:,}"
-        flops = "—" if s.method.gflops_512 is None else f"{s.method.gflops_512:.1f}"
-        pl = f" {_cell(m['perceptual'], 4)} |" if has_pl else ""
+    (out / "report.md").write_text("\n".join(lines))
+    return metrics
+
+
+def _method_metrics(scored: Scored) -> dict:
+    """One method's entry in metrics.json: what it is, its cost and every score."""
+    method = scored.method
+    return {
+        "name": method.name,
+        "kind": method.kind,
+        "detail": method.detail,
+        "parameters": method.parameters,
+        "gflops_512": method.gflops_512,
+        "seconds_per_slice": mean_sd(scored.seconds),
+        "mean_sd": scored.summary(),
+        "per_slice": scored.per_slice,
+    }
+
+
+def _table(rows: list[Scored]) -> list[str]:
+    """The comparison table, one line per method; the perceptual column only when measured."""
+    has_perceptual = any("perceptual" in scored.per_slice for scored in rows)
+    lines = [
+        "| method | PSNR (dB) | SSIM | PSNR window (dB) | SSIM window |"
+        + (" perceptual |" if has_perceptual else "")
+        + " parameters | GFLOPs 512² | s / slice |",
+        "|---|---|---|---|---|" + ("---|" if has_perceptual else "") + "---|---|---|",
+    ]
+    for scored in rows:
+        summary, method = scored.summary(), scored.method
+        params = "—" if method.parameters is None else f"{method.parameters:,}"
+        flops = "—" if method.gflops_512 is None else f"{method.gflops_512:.1f}"
+        perceptual = f" {_cell(summary['perceptual'], 4)} |" if has_perceptual else ""
         lines.append(
-            f"| {s.method.name} | {_cell(m['psnr'], 2)} | {_cell(m['ssim'], 4)} | "
-            f"{_cell(m['psnr_window'], 2)} | {_cell(m['ssim_window'], 4)} |{pl} {params} | "
-            f"{flops} | {mean_sd(s.seconds)[0]:.3f} |"
+            f"| {method.name} | {_cell(summary['psnr'], 2)} | {_cell(summary['ssim'], 4)} | "
+            f"{_cell(summary['psnr_window'], 2)} | {_cell(summary['ssim_window'], 4)} |"
+            f"{perceptual} {params} | {flops} | {mean_sd(scored.seconds)[0]:.3f} |"
         )
-    lines += [
+    return lines
+
+
+def _notes(rows: list[Scored], perceptual_note: str) -> list[str]:
+    """What the table's numbers mean, then each method's own description."""
+    return [
         "",
         f'- PSNR and SSIM over the {RANGES["psnr, ssim"]}; "window": the '
         f"{RANGES['psnr_window, ssim_window']}.",
@@ -232,12 +262,9 @@ def write_report(
         "(halve to compare with tables that count MACs); — where the method has none.",
         "- Seconds per slice: this machine, including each method's own overheads.",
         "",
+        *[f"- {scored.method.name}: {scored.method.detail}" for scored in rows],
+        "",
     ]
-    lines += [f"- {s.method.name}: {s.method.detail}" for s in rows]
-    lines += [""] + [f"![{name}]({name})" for name in figures] + [""]
-    lines += physics_lines
-    (out / "report.md").write_text("\n".join(lines))
-    return metrics
 
 
 def _finite(value: object) -> object:

@@ -186,23 +186,8 @@ def contour_distance(
     line = max(lines, key=len)  # (x = column, y = row) vertices
     if len(line) < 16:
         return out
-    # densify to 0.1 px so the nearest vertex is the foot of the perpendicular to 0.05 px
-    seg = np.diff(line, axis=0)
-    steps = np.maximum(np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / 0.1).astype(int), 1)
-    t = np.concatenate([np.arange(s) / s for s in steps])
-    start = np.repeat(np.arange(len(seg)), steps)
-    vertices = line[start] + seg[start] * t[:, None]
-    points = vertices[:, ::-1]  # (row, col)
-    smooth = ndimage.gaussian_filter(reference, 2.0)
-    gy, gx = np.gradient(smooth)
-    g = np.stack(
-        [
-            ndimage.map_coordinates(gy, points.T, order=1),
-            ndimage.map_coordinates(gx, points.T, order=1),
-        ],
-        axis=1,
-    )
-    normal = -g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-9)  # towards air
+    points = _densified(line)[:, ::-1]  # (row, col)
+    normal = _normals_towards_air(reference, points)
     rows, cols = np.mgrid[0 : reference.shape[0], 0 : reference.shape[1]]
     pixels = np.stack([rows.ravel(), cols.ravel()], axis=1).astype(np.float64)
     gap, nearest = cKDTree(points).query(pixels, distance_upper_bound=reach * 1.5)
@@ -211,18 +196,57 @@ def contour_distance(
     signed[near] = np.einsum(
         "ij,ij->i", pixels[near] - points[nearest[near]], normal[nearest[near]]
     )
-    values = reference.ravel()
-    bad = np.zeros(len(points), dtype=bool)
     within = near & (np.abs(signed) <= reach)
+    bad = _unclean_vertices(
+        len(points), reference.ravel(), signed, nearest, within, outside_max, inside_min
+    )
+    keep = within & ~bad[np.where(near, nearest, 0)]
+    out.ravel()[keep] = signed[keep]
+    return out
+
+
+def _densified(line: np.ndarray, step: float = 0.1) -> np.ndarray:
+    """The polyline's vertices every ``step`` px at most, so the nearest vertex is the foot
+    of the perpendicular to half a step."""
+    seg = np.diff(line, axis=0)
+    steps = np.maximum(np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / step).astype(int), 1)
+    t = np.concatenate([np.arange(n) / n for n in steps])
+    start = np.repeat(np.arange(len(seg)), steps)
+    return line[start] + seg[start] * t[:, None]
+
+
+def _normals_towards_air(reference: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Unit normals at ``points`` (row, col) pointing down the smoothed image's gradient,
+    that is from tissue towards air."""
+    gy, gx = np.gradient(ndimage.gaussian_filter(reference, 2.0))
+    gradient = np.stack(
+        [
+            ndimage.map_coordinates(gy, points.T, order=1),
+            ndimage.map_coordinates(gx, points.T, order=1),
+        ],
+        axis=1,
+    )
+    return -gradient / np.maximum(np.linalg.norm(gradient, axis=1, keepdims=True), 1e-9)
+
+
+def _unclean_vertices(
+    n_vertices: int,
+    values: np.ndarray,
+    signed: np.ndarray,
+    nearest: np.ndarray,
+    within: np.ndarray,
+    outside_max: float,
+    inside_min: float,
+) -> np.ndarray:
+    """Per contour vertex: True where the edge is not a clean air / tissue step, that is a
+    pixel more than 2 px outside is not air or one more than 2 px inside is not tissue."""
+    bad = np.zeros(n_vertices, dtype=bool)
     outside = within & (signed > 2.0)
     inside = within & (signed < -2.0)
     bad[nearest[outside & (values > outside_max)]] = True
     bad[nearest[inside & (values < inside_min)]] = True
     # a stretch is bad if any vertex within 2 px of it is: widen by the densified step count
-    bad = ndimage.binary_dilation(bad, iterations=20) if bad.any() else bad
-    keep = within & ~bad[np.where(near, nearest, 0)]
-    out.ravel()[keep] = signed[keep]
-    return out
+    return ndimage.binary_dilation(bad, iterations=20) if bad.any() else bad
 
 
 def _outline_only(reference: np.ndarray, level: float, band: int = 3) -> np.ndarray | None:
