@@ -96,13 +96,9 @@ def zoom_box(full: np.ndarray, side: int) -> tuple[int, int]:
     low, high = window_bounds(SOFT_TISSUE_WINDOW)
     tissue = ((full > low) & (full < high)).astype(np.float64)
     side = min(side, *full.shape)
-    integral = np.pad(tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    counts = (
-        integral[side:, side:]
-        - integral[:-side, side:]
-        - integral[side:, :-side]
-        + integral[:-side, :-side]
-    )
+    summed = np.pad(tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # summed-area table
+    counts = summed[side:, side:] - summed[:-side, side:] - summed[side:, :-side]
+    counts += summed[:-side, :-side]
     row, col = np.unravel_index(int(np.argmax(counts)), counts.shape)
     return int(row), int(col)
 
