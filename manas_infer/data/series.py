@@ -8,7 +8,6 @@ pydicom's pixel handlers (pylibjpeg plugins for JPEG 2000, JPEG-LS, JPEG lossles
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from pydicom.uid import UID
 
 from manas_infer.data.header import check_geometry, rescale_of
 from manas_infer.errors import InputProblem
+from manas_infer.hashing import text_sha256
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -133,7 +133,7 @@ class CTSeries:
     @property
     def patient_hash(self) -> str:
         """A short hash of the patient key: safe to log, unlike the ID itself."""
-        return hashlib.sha256(self.patient_key.encode()).hexdigest()[:12]
+        return text_sha256(self.patient_key, 12)
 
     @property
     def transfer_syntax(self) -> str:

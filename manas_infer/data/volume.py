@@ -7,7 +7,6 @@ they enter the same pipeline as ``CTVolume`` objects with the same few propertie
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from manas_infer.errors import InputProblem
+from manas_infer.hashing import text_sha256
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd")
 
@@ -66,7 +66,7 @@ class CTVolume:
 
     @property
     def patient_hash(self) -> str:
-        return hashlib.sha256(self.patient_key.encode()).hexdigest()[:12]
+        return text_sha256(self.patient_key, 12)
 
     @property
     def description(self) -> str:
