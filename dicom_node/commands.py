@@ -90,10 +90,10 @@ def serve(
     raise typer.Exit(code)
 
 
-def _when(t: float | None) -> str:
-    if not t:
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
         return "-"
-    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def status_summary(spool_root: Path, failures: int = 20) -> dict:
@@ -102,9 +102,7 @@ def status_summary(spool_root: Path, failures: int = 20) -> dict:
 
     spool = Spool(spool_root, read_only=True)
     series = []
-    counts: dict[str, int] = {}
     for record in spool.records():
-        counts[record.state] = counts.get(record.state, 0) + 1
         series.append(
             {
                 "key": record.key,
@@ -116,13 +114,13 @@ def status_summary(spool_root: Path, failures: int = 20) -> dict:
                 "derived_series_uid": record.derived_series_uid,
                 "destinations": {
                     name: {
-                        "state": p.state,
-                        "sent": p.sent,
-                        "total": p.total,
-                        "attempts": p.attempts,
-                        "last_error": p.last_error,
+                        "state": progress.state,
+                        "sent": progress.sent,
+                        "total": progress.total,
+                        "attempts": progress.attempts,
+                        "last_error": progress.last_error,
                     }
-                    for name, p in record.destinations.items()
+                    for name, progress in record.destinations.items()
                 },
                 "error": record.error,
                 "first_received": record.first_received,
@@ -132,7 +130,7 @@ def status_summary(spool_root: Path, failures: int = 20) -> dict:
         )
     return {
         "spool": str(spool_root),
-        "counts": counts,
+        "counts": spool.count_by_state(),
         "series": series,
         "failures": spool.failures()[-failures:],
     }
@@ -157,17 +155,23 @@ def node_status(
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    order = ["receiving", "queued", "processing", "sending", "sent", "failed"]
+    from manas_infer.dicom_node.records import State
+
     counts = summary["counts"]
     console.print(
-        f"spool {spool}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in order), soft_wrap=True
+        f"spool {spool}: " + ", ".join(f"{counts.get(state, 0)} {state}" for state in State),
+        soft_wrap=True,
     )
     for item in summary["series"][-limit:]:
         colour = {"failed": "red", "sent": "green"}.get(item["state"], "yellow")
         dests = "; ".join(
-            f"{n} {d['state']} {d['sent']}/{d['total']}"
-            + (f" ({d['last_error']})" if d["last_error"] and d["state"] != "sent" else "")
-            for n, d in item["destinations"].items()
+            f"{name} {progress['state']} {progress['sent']}/{progress['total']}"
+            + (
+                f" ({progress['last_error']})"
+                if progress["last_error"] and progress["state"] != "sent"
+                else ""
+            )
+            for name, progress in item["destinations"].items()
         )
         detail = item["error"] if item["state"] == "failed" else item["last_event"]
         console.print(

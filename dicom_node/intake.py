@@ -110,8 +110,8 @@ class Intake:
         self.spool = spool
         self.max_bytes = int(config.limits.max_instance_mb * 1024 * 1024)
         self.allowed = [
-            (a.ae_title.strip(), ipaddress.ip_network(a.host, strict=False))
-            for a in config.security.allowed
+            (entry.ae_title.strip(), ipaddress.ip_network(entry.host, strict=False))
+            for entry in config.security.allowed
         ]
         self._own_seen: set[str] = set()
         self._lock = threading.Lock()
@@ -130,10 +130,10 @@ class Intake:
         if self.config.security.allow_any:
             return True
         try:
-            ip = ipaddress.ip_address(address)
+            peer = ipaddress.ip_address(address)
         except ValueError:
             return False
-        return any(ae_title.strip() == t and ip in net for t, net in self.allowed)
+        return any(ae_title.strip() == title and peer in network for title, network in self.allowed)
 
     def on_requested(self, event) -> None:
         """Refuse a calling AE title that is not allow-listed with this host address."""

@@ -46,7 +46,7 @@ def series_ctdivol(series: CTSeries) -> float | None:
 
 
 def _matches(rule: Rule, calling_ae: str, ctdivol: float | None) -> bool:
-    if rule.calling_ae and calling_ae.strip() not in [a.strip() for a in rule.calling_ae]:
+    if rule.calling_ae and calling_ae.strip() not in [title.strip() for title in rule.calling_ae]:
         return False
     if rule.ctdivol_below is not None and (ctdivol is None or ctdivol >= rule.ctdivol_below):
         return False
@@ -64,22 +64,22 @@ class Router:
 
     def __init__(self, config: NodeConfig) -> None:
         self.rules = config.routing.rules
-        self.all_destinations = tuple(d.name for d in config.destinations)
+        self.all_destinations = tuple(dest.name for dest in config.destinations)
         self.strength = config.processing.strength
         self.automatic = not config.processing.default_model
         problems = []
         self.models: list[ModelChoice] = []
-        for i, rule in enumerate(self.rules):
+        for index, rule in enumerate(self.rules):
             try:
                 self.models.append(resolve_model(rule.model or None, rule.dose))
             except ModelError as exc:
-                problems.append(f"routing.rules[{i}] ({_describe(rule, i)}): {exc}")
+                problems.append(f"routing.rules[{index}] ({_describe(rule, index)}): {exc}")
         self.candidates: list[ModelChoice] = []
         try:
             self.default = resolve_model(config.processing.default_model or None)
             if self.automatic:  # every model the noise can pick, checked (and loaded) now
                 levels = load_levels()
-                names = [m.name for m in levels.models] if levels else []
+                names = [level.name for level in levels.models] if levels else []
                 self.candidates = [resolve_model(name) for name in names]
         except ModelError as exc:
             problems.append(f"processing.default_model: {exc}")

@@ -87,19 +87,19 @@ def setup_logging(config: NodeConfig) -> None:
 def server_tls(config: NodeConfig) -> ssl.SSLContext | None:
     """The node's TLS context, TLS 1.2 at least; the handshake itself runs in the
     connection's thread under ``node.handshake_timeout`` (see ``guard``)."""
-    t = config.tls
-    if not t.enabled:
+    tls = config.tls
+    if not tls.enabled:
         return None
-    ctx = ssl.create_default_context(
-        ssl.Purpose.CLIENT_AUTH, cafile=str(t.ca_certificates) if t.ca_certificates else None
+    context = ssl.create_default_context(
+        ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca_certificates) if tls.ca_certificates else None
     )
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(t.certificate), str(t.private_key))
-    if t.require_client_certificate:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    elif t.ca_certificates:
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(tls.certificate), str(tls.private_key))
+    if tls.require_client_certificate:
+        context.verify_mode = ssl.CERT_REQUIRED
+    elif tls.ca_certificates:
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
 
 
 def build_ae(config: NodeConfig) -> AE:
@@ -131,7 +131,9 @@ def start_scp(config: NodeConfig, intake: Intake) -> GuardedServer:
         max_pending=node.max_pending_connections,
         max_associations=node.max_associations,
         is_allowed=intake.is_allowed,
-        is_known_host=known_host_check([a.host for a in allowed.allowed], allowed.allow_any),
+        is_known_host=known_host_check(
+            [entry.host for entry in allowed.allowed], allowed.allow_any
+        ),
     )
     server = ae.make_server(
         (node.host, node.port),
@@ -158,7 +160,8 @@ class Node:
         self.router = Router(config)  # raises NodeConfigError for unknown models
         self.intake = Intake(config, self.spool)
         self.senders = {
-            d.name: Sender(config, d, self.spool, self.stop_event) for d in config.destinations
+            destination.name: Sender(config, destination, self.spool, self.stop_event)
+            for destination in config.destinations
         }
         self.worker = Worker(config, self.spool, self.router, self.stop_event, self._processed)
         self.ae: AE | None = None
@@ -169,12 +172,11 @@ class Node:
             sender.wake.set()
 
     def start(self) -> None:
-        c = self.config
         for note in self.spool.recover():
             log.info("recovered: %s", note)
         for choice in self.router.choices():  # load every routed model once, now
             self.worker.denoiser(choice)
-        self.server = start_scp(c, self.intake)
+        self.server = start_scp(self.config, self.intake)
         self.ae = self.server.ae
         self.worker.start()
         for sender in self.senders.values():
@@ -182,38 +184,40 @@ class Node:
         self._log_started()
 
     def _log_started(self) -> None:
-        c = self.config
-        states: dict[str, int] = {}
-        for record in self.spool.records():
-            states[record.state] = states.get(record.state, 0) + 1
-        backlog = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "empty"
+        config = self.config
+        backlog = _by_state(self.spool.count_by_state()) or "empty"
         allowed = (
             "any calling AE"
-            if c.security.allow_any
-            else ", ".join(f"{a.ae_title}@{a.host}" for a in c.security.allowed)
+            if config.security.allow_any
+            else ", ".join(f"{entry.ae_title}@{entry.host}" for entry in config.security.allowed)
         )
         tls = "off"
-        if c.tls.enabled:
+        if config.tls.enabled:
             tls = "on, client certificate " + (
-                "required" if c.tls.require_client_certificate else "optional"
+                "required" if config.tls.require_client_certificate else "optional"
             )
         destinations = (
-            ", ".join(f"{d.name}={d.ae_title}@{d.host}:{d.port}" for d in c.destinations)
+            ", ".join(
+                f"{dest.name}={dest.ae_title}@{dest.host}:{dest.port}"
+                for dest in config.destinations
+            )
             or "NONE (derived series stay in the spool)"
         )
-        models = ", ".join(f"{d.name} on {d.provider}" for d in self.worker.denoisers.values())
+        models = ", ".join(
+            f"{denoiser.name} on {denoiser.provider}" for denoiser in self.worker.denoisers.values()
+        )
         log.info(
             "DICOM node %s listening on %s:%d (TLS %s); allowed: %s; destinations: %s; "
             "models: %s; stable age %g s; spool %s (%s)",
-            c.node.ae_title,
-            c.node.host,
-            c.node.port,
+            config.node.ae_title,
+            config.node.host,
+            config.node.port,
             tls,
             allowed,
             destinations,
             models,
-            c.spool.stable_age,
-            c.spool.path,
+            config.spool.stable_age,
+            config.spool.path,
             backlog,
         )
 
@@ -241,14 +245,17 @@ class Node:
         for thread in [self.worker, *self.senders.values()]:
             if thread.is_alive():
                 thread.join(timeout=max(STOP_WAIT_S, deadline - time.monotonic()))
-        counts: dict[str, int] = {}
-        for record in self.spool.records():
-            counts[record.state] = counts.get(record.state, 0) + 1
-        left = {s: n for s, n in counts.items() if s not in (State.SENT, State.FAILED)}
-        log.info(
-            "stopped; left in the spool for the next start: %s",
-            ", ".join(f"{n} {s}" for s, n in sorted(left.items())) or "nothing",
-        )
+        left = {
+            state: count
+            for state, count in self.spool.count_by_state().items()
+            if state not in (State.SENT, State.FAILED)
+        }
+        log.info("stopped; left in the spool for the next start: %s", _by_state(left) or "nothing")
+
+
+def _by_state(counts: dict[str, int]) -> str:
+    """``{"queued": 2, "sent": 5}`` -> "2 queued, 5 sent" (states in name order)."""
+    return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
 
 
 def run_node(config: NodeConfig) -> int:

@@ -122,7 +122,16 @@ class Spool:
             if not states or record.state in states
         ]
         found = [self.get(key) for key in keys]
-        return sorted((record for record in found if record), key=lambda r: r.first_received)
+        return sorted(
+            (record for record in found if record), key=lambda record: record.first_received
+        )
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many series are in each state (only the states some series is in)."""
+        counts: dict[str, int] = {}
+        for record in self.records():
+            counts[record.state] = counts.get(record.state, 0) + 1
+        return counts
 
     def save(self, record: SeriesRecord) -> None:
         record.updated = time.time()
