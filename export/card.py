@@ -77,7 +77,7 @@ def build_card(run_dir: Path, name: str, precision: str, extra_citations: list[s
             "counts": dataset["counts"],
             "data_root": config["data_root"],
             "test_patients": config["test_patients"],
-            "series": sorted({s["series_uid"] for s in manifest.get("slices", [])}),
+            "series": sorted({entry["series_uid"] for entry in manifest.get("slices", [])}),
             "seconds": metrics["seconds"],
             "device": metrics["device"],
             "run": run_dir.name,

@@ -39,9 +39,13 @@ class HUModel(nn.Module):
         inside = hu.clamp(HU_MIN, HU_MAX)
         x = (inside - HU_MIN) / (HU_MAX - HU_MIN)
         H, W = x.shape[-2], x.shape[-1]
-        m = self.size_multiple
-        if m > 1:
+        multiple = self.size_multiple
+        if multiple > 1:
             # Edge padding on the bottom and right only, so the crop back is a plain slice.
-            x = F.pad(x, (0, (m - W % m) % m, 0, (m - H % m) % m), mode="replicate")
+            pad_w, pad_h = (
+                (multiple - W % multiple) % multiple,
+                (multiple - H % multiple) % multiple,
+            )
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         correction = self.net.residual(x.to(self.body_dtype)).float()[..., :H, :W]
         return hu + correction * (HU_MAX - HU_MIN)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from manas_infer.export.card import build_card
@@ -51,7 +54,9 @@ class Exported:
 
 def latest_finished_run(runs_root: Path) -> Path:
     """The newest run directory (by name: runs are named by start time) that finished."""
-    runs = sorted(p for p in Path(runs_root).glob("*") if (p / "config.json").is_file())
+    runs = sorted(
+        folder for folder in Path(runs_root).glob("*") if (folder / "config.json").is_file()
+    )
     for folder in reversed(runs):
         if run_stage(folder) == "done":
             return folder
@@ -93,6 +98,38 @@ def export_run(
     renamed into place, so a failed or interrupted export never leaves a model behind.
     """
     run_dir = Path(run_dir)
+    _check_exportable(run_dir, device)
+    config = load_run_config(run_dir)
+    net, _ = load_trained(run_dir)
+    out = Path(out) if out else models_dir() / f"{name_for_dose(config.dose, config.arch)}.onnx"
+    if out.suffix != ".onnx":
+        raise ExportError(f"{out}: the output must be a .onnx file")
+    slices, checked_on = verification_slices(run_dir)
+    reference = HUModel(copy.deepcopy(net), net.size_multiple)
+    targets = _targets(out, float16, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done: list[Exported] = []
+    for precision, path in targets:
+        name = path.name.removesuffix(".onnx")
+        card = build_card(run_dir, name, precision, citations or [])
+        card["size_multiple"] = net.size_multiple
+        proto = to_onnx(HUModel(copy.deepcopy(net), net.size_multiple, PRECISIONS[precision]))
+        verify = functools.partial(
+            compare,
+            reference,
+            slices=slices,
+            precision=precision,
+            checked_on=checked_on,
+            device=device,
+        )
+        parity = _write_verified(path, precision, proto, card, verify, done)
+        done.append(Exported(path, card_path(path), parity, card.get("selection", "")))
+    return done
+
+
+def _check_exportable(run_dir: Path, device: str) -> None:
+    """An ExportError, saying what to do, unless ``run_dir`` is a finished run and ``device``
+    one the runtime takes."""
     try:
         parse_device(device)
     except ValueError:
@@ -104,58 +141,74 @@ def export_run(
             f"{run_dir}: the run has not finished (stage {run_stage(run_dir)!r}); "
             f"finish it with 'manas-infer train --resume {run_dir}'"
         )
-    config = load_run_config(run_dir)
-    net, _ = load_trained(run_dir)
-    out = Path(out) if out else models_dir() / f"{name_for_dose(config.dose, config.arch)}.onnx"
-    if out.suffix != ".onnx":
-        raise ExportError(f"{out}: the output must be a .onnx file")
-    slices, checked_on = verification_slices(run_dir)
-    reference = HUModel(copy.deepcopy(net), net.size_multiple)
+
+
+def _targets(out: Path, float16: bool, overwrite: bool) -> list[tuple[str, Path]]:
+    """(precision, file) of each model to write; an ExportError if one exists already and
+    ``overwrite`` was not given."""
     targets = [("float32", out)]
     if float16:
         targets.append(("float16", out.with_name(out.name.removesuffix(".onnx") + ".fp16.onnx")))
     for _, path in targets:
         if (path.exists() or card_path(path).exists()) and not overwrite:
             raise ExportError(f"{path}: exists already (use --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = []
-    for precision, path in targets:
-        name = path.name.removesuffix(".onnx")
-        card = build_card(run_dir, name, precision, citations or [])
-        card["size_multiple"] = net.size_multiple
-        proto = to_onnx(HUModel(copy.deepcopy(net), net.size_multiple, PRECISIONS[precision]))
+    return targets
+
+
+def _write_verified(
+    path: Path,
+    precision: str,
+    proto: onnx.ModelProto,
+    card: dict,
+    verify: Callable[[Path], Parity],
+    written: list[Exported],
+) -> Parity:
+    """The model and its card at ``path``, once the file verified under a hidden partial name;
+    nothing there if it did not. ``written``: this export's files already in place."""
+    set_metadata(proto, card)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(proto.SerializeToString())
+    try:
+        parity = _verified(path, partial, precision, verify, written)
+        card["verification"] = parity.to_dict()
+        if precision == "float16":
+            card["selection"] = (AUTO_ON_GPU if parity.on_gpu else OPT_IN_ONLY).format(
+                provider=parity.provider
+            )
         set_metadata(proto, card)
-        partial = path.with_name(f".{path.name}.partial")
         partial.write_bytes(proto.SerializeToString())
-        try:
-            try:
-                parity = compare(reference, partial, slices, precision, checked_on, device)
-            except (ModelError, RuntimeError, ValueError) as e:
-                raise ExportError(f"{path}: the {precision} check could not run: {e}") from None
-            if not parity.ok:
-                written = [str(item.path) for item in done]
-                raise ExportError(
-                    f"{path}: onnxruntime ({parity.provider}) differs from torch by up to "
-                    f"{parity.max_abs_diff_hu:.3g} HU, more than the {parity.tolerance_hu} HU "
-                    f"allowed for {precision}; it was not written"
-                    + (f" (written and verified: {', '.join(written)})" if written else "")
-                )
-            card["verification"] = parity.to_dict()
-            if precision == "float16":
-                card["selection"] = (AUTO_ON_GPU if parity.on_gpu else OPT_IN_ONLY).format(
-                    provider=parity.provider
-                )
-            set_metadata(proto, card)
-            partial.write_bytes(proto.SerializeToString())
-            card["sha256"] = sha256(partial)
-            card["file"] = path.name
-            card["bytes"] = partial.stat().st_size
-            card_partial = card_path(partial)
-            card_partial.write_text(json.dumps(card, indent=2) + "\n")
-            os.replace(partial, path)
-            os.replace(card_partial, card_path(path))
-        finally:
-            partial.unlink(missing_ok=True)
-            card_path(partial).unlink(missing_ok=True)
-        done.append(Exported(path, card_path(path), parity, card.get("selection", "")))
-    return done
+        card["sha256"] = sha256(partial)
+        card["file"] = path.name
+        card["bytes"] = partial.stat().st_size
+        card_partial = card_path(partial)
+        card_partial.write_text(json.dumps(card, indent=2) + "\n")
+        os.replace(partial, path)
+        os.replace(card_partial, card_path(path))
+    finally:
+        partial.unlink(missing_ok=True)
+        card_path(partial).unlink(missing_ok=True)
+    return parity
+
+
+def _verified(
+    path: Path,
+    partial: Path,
+    precision: str,
+    verify: Callable[[Path], Parity],
+    written: list[Exported],
+) -> Parity:
+    """The parity of the file at ``partial`` (to become ``path``); an ExportError if the check
+    cannot run or the file differs from torch by more than its tolerance."""
+    try:
+        parity = verify(partial)
+    except (ModelError, RuntimeError, ValueError) as e:
+        raise ExportError(f"{path}: the {precision} check could not run: {e}") from None
+    if not parity.ok:
+        names = [str(item.path) for item in written]
+        raise ExportError(
+            f"{path}: onnxruntime ({parity.provider}) differs from torch by up to "
+            f"{parity.max_abs_diff_hu:.3g} HU, more than the {parity.tolerance_hu} HU "
+            f"allowed for {precision}; it was not written"
+            + (f" (written and verified: {', '.join(names)})" if names else "")
+        )
+    return parity

@@ -77,15 +77,15 @@ def load_levels(folder: Path | None = None) -> NoiseLevels | None:
         if data.get("format") != LEVELS_FORMAT:
             raise ValueError(f"format is {data.get('format')!r}, not {LEVELS_FORMAT!r}")
         models = tuple(
-            ModelLevel(name, float(m["noise_hu"]), *map(float, m["noise_range_hu"]))
-            for name, m in sorted(data["models"].items())
+            ModelLevel(name, float(entry["noise_hu"]), *map(float, entry["noise_range_hu"]))
+            for name, entry in sorted(data["models"].items())
         )
         normal = float(data["normal_dose_hu"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(
             f"{path}: not a usable noise calibration ({type(e).__name__}: {e})"
         ) from None
-    bad = [m.name for m in models if not 0 < normal < m.centre_hu]
+    bad = [level.name for level in models if not 0 < normal < level.centre_hu]
     if not models or bad:
         raise ModelError(
             f"{path}: every model's noise must exceed normal_dose_hu {normal:g} "
@@ -126,8 +126,8 @@ def fit(
     sd: float, levels: NoiseLevels, default_strength: float = DEFAULT_STRENGTH
 ) -> tuple[ModelLevel, float]:
     """The nearest model (log noise) and the strength for the noise above normal dose."""
-    model = min(levels.models, key=lambda m: abs(math.log(sd / m.centre_hu)))
-    weakest = min(m.centre_hu for m in levels.models)
+    model = min(levels.models, key=lambda level: abs(math.log(sd / level.centre_hu)))
+    weakest = min(level.centre_hu for level in levels.models)
     ratio = excess(sd, levels.normal_dose_hu) / excess(weakest, levels.normal_dose_hu)
     return model, float(round(default_strength * min(ratio, 1.0)))
 
@@ -148,34 +148,39 @@ def choose(
         strength = check_strength(strength)
     if model or dose is not None:
         picked = resolve_model(model, dose, folder)
-        s = DEFAULT_STRENGTH if strength is None else strength
+        applied = DEFAULT_STRENGTH if strength is None else strength
         source = "--strength" if strength is not None else "default strength"
-        return Choice(picked, s, f"{picked.why} -> {picked.name}, {source} {s:g} %")
+        return Choice(picked, applied, f"{picked.why} -> {picked.name}, {source} {applied:g} %")
     levels = load_levels(folder)
     if levels is None or series is None:
         picked = resolve_model(None, None, folder)
-        s = DEFAULT_STRENGTH if strength is None else strength
+        applied = DEFAULT_STRENGTH if strength is None else strength
         reason = (
             f"no noise calibration ({levels_path(folder)} is missing)"
             if levels is None
             else "no series to measure"
         )
-        return Choice(picked, s, f"{reason}: default model {DEFAULT_MODEL}, strength {s:g} %")
+        return Choice(
+            picked, applied, f"{reason}: default model {DEFAULT_MODEL}, strength {applied:g} %"
+        )
     noise = series_noise(series)
     if noise.sd_hu is None:
         picked = resolve_model(None, None, folder)
-        s = DEFAULT_STRENGTH if strength is None else strength
+        applied = DEFAULT_STRENGTH if strength is None else strength
         return Choice(
-            picked, s, f"{noise.describe()}: default model {picked.name}, strength {s:g} %", noise
+            picked,
+            applied,
+            f"{noise.describe()}: default model {picked.name}, strength {applied:g} %",
+            noise,
         )
     level, fitted = fit(noise.sd_hu, levels)
     picked = ModelChoice(
         resolve_model(level.name, None, folder).path, level.name, "noise-based choice"
     )
-    s = fitted if strength is None else strength
+    applied = fitted if strength is None else strength
     why = (
         f"{noise.describe()} -> {level.name} (trained on {level.low_hu:.0f}-"
-        f"{level.high_hu:.0f} HU, centre {level.centre_hu:.0f}), strength {s:g} %"
+        f"{level.high_hu:.0f} HU, centre {level.centre_hu:.0f}), strength {applied:g} %"
     )
     normal = f"the {levels.normal_dose_hu:.0f} HU of the normal-dose training data"
     if strength is not None:
@@ -186,4 +191,4 @@ def choose(
         why += f" (less than the default {DEFAULT_STRENGTH:g} %: the noise is close to {normal})"
     else:
         why += " (the default: noise the models were trained for)"
-    return Choice(picked, s, why, noise, automatic=True)
+    return Choice(picked, applied, why, noise, automatic=True)

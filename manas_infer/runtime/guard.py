@@ -35,40 +35,40 @@ PADDING_BELOW_HU = -1500.0
 _DECIMATION = 4
 
 
-def _block_mean(x: np.ndarray, f: int) -> np.ndarray:
-    """Mean over f x f blocks of [N, H, W] (H and W multiples of f)."""
+def _block_mean(x: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks of [N, H, W] (H and W multiples of factor)."""
     n, h, w = x.shape
-    return x.reshape(n, h // f, f, w // f, f).mean(axis=(2, 4))
+    return x.reshape(n, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
 
 
 def _smooth(x: np.ndarray, sigma_px: float) -> np.ndarray:
     """A Gaussian low-pass of [N, H, W] with ``sigma_px`` (full-resolution pixels)."""
     _, h, w = x.shape
-    f = _DECIMATION if sigma_px >= 2 * _DECIMATION else 1
-    ph, pw = -h % f, -w % f
-    padded = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="edge") if ph or pw else x
-    small = _block_mean(padded, f) if f > 1 else padded
-    # The block mean itself blurs by a box of f pixels (variance (f^2 - 1) / 12).
-    inner = float(np.sqrt(max(sigma_px**2 - (f * f - 1) / 12.0, 0.25))) / f
+    factor = _DECIMATION if sigma_px >= 2 * _DECIMATION else 1
+    pad_h, pad_w = -h % factor, -w % factor
+    padded = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge") if pad_h or pad_w else x
+    small = _block_mean(padded, factor) if factor > 1 else padded
+    # The block mean itself blurs by a box of factor pixels (variance (factor^2 - 1) / 12).
+    inner = float(np.sqrt(max(sigma_px**2 - (factor * factor - 1) / 12.0, 0.25))) / factor
     small = ndi.gaussian_filter(small, (0, inner, inner), mode="reflect", truncate=3.0)
-    if f == 1:
+    if factor == 1:
         return small
-    return _upsample(_upsample(small, f, axis=1), f, axis=2)[:, :h, :w]
+    return _upsample(_upsample(small, factor, axis=1), factor, axis=2)[:, :h, :w]
 
 
-def _upsample(x: np.ndarray, f: int, axis: int) -> np.ndarray:
-    """Linear interpolation by ``f`` along ``axis``, block centres to pixel centres (scipy's
-    zoom does the same about a hundred times slower)."""
+def _upsample(x: np.ndarray, factor: int, axis: int) -> np.ndarray:
+    """Linear interpolation by ``factor`` along ``axis``, block centres to pixel centres
+    (scipy's zoom does the same about a hundred times slower)."""
     n = x.shape[axis]
-    at = np.clip((np.arange(n * f) + 0.5) / f - 0.5, 0, n - 1)
-    low = np.minimum(at.astype(np.int64), n - 2) if n > 1 else np.zeros(n * f, np.int64)
-    t = (at - low).astype(np.float32) if n > 1 else np.zeros(n * f, np.float32)
+    at = np.clip((np.arange(n * factor) + 0.5) / factor - 0.5, 0, n - 1)
+    low = np.minimum(at.astype(np.int64), n - 2) if n > 1 else np.zeros(n * factor, np.int64)
+    weight = (at - low).astype(np.float32) if n > 1 else np.zeros(n * factor, np.float32)
     shape = [1] * x.ndim
     shape[axis] = -1
-    t = t.reshape(shape)
-    a = np.take(x, low, axis=axis)
-    b = np.take(x, np.minimum(low + 1, n - 1), axis=axis)
-    return a + (b - a) * t
+    weight = weight.reshape(shape)
+    below = np.take(x, low, axis=axis)
+    above = np.take(x, np.minimum(low + 1, n - 1), axis=axis)
+    return below + (above - below) * weight
 
 
 def low_frequencies(removed: np.ndarray, hu: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -79,11 +79,11 @@ def low_frequencies(removed: np.ndarray, hu: np.ndarray, sigma_px: float) -> np.
     padding never leaks into the patient.
     """
     single = removed.ndim == 2
-    r = np.asarray(removed[None] if single else removed, dtype=np.float32)
-    x = np.asarray(hu[None] if single else hu, dtype=np.float32)
-    valid = (x > PADDING_BELOW_HU).astype(np.float32)
+    removed_stack = np.asarray(removed[None] if single else removed, dtype=np.float32)
+    hu_stack = np.asarray(hu[None] if single else hu, dtype=np.float32)
+    valid = (hu_stack > PADDING_BELOW_HU).astype(np.float32)
     weight = _smooth(valid, sigma_px)
-    mean = _smooth(r * valid, sigma_px) / np.maximum(weight, 1e-3)
+    mean = _smooth(removed_stack * valid, sigma_px) / np.maximum(weight, 1e-3)
     mean[weight < 1e-3] = 0.0
     mean *= valid
     return mean[0] if single else mean
@@ -95,8 +95,8 @@ def uniform_regions(normal: np.ndarray) -> dict[str, np.ndarray]:
     found = {}
     for name, (low, high, erode) in UNIFORM_REGIONS.items():
         masks = []
-        for s in stack:
-            smooth = ndi.gaussian_filter(np.asarray(s, dtype=np.float32), 1.5)
+        for slice_hu in stack:
+            smooth = ndi.gaussian_filter(np.asarray(slice_hu, dtype=np.float32), 1.5)
             inside = (smooth > low) & (smooth < high)
             masks.append(ndi.binary_erosion(inside, np.ones((3, 3), bool), iterations=erode))
         found[name] = masks[0] if normal.ndim == 2 else np.stack(masks)

@@ -123,7 +123,9 @@ def list_models(folder: Path | None = None) -> list[ModelInfo]:
     """Every ``*.onnx`` in the folder with its card, by name; unreadable cards say so."""
     folder = folder or models_dir()
     found = []
-    for path in sorted(Path(folder).glob("*.onnx"), key=lambda p: p.name.removesuffix(".onnx")):
+    for path in sorted(
+        Path(folder).glob("*.onnx"), key=lambda model: model.name.removesuffix(".onnx")
+    ):
         try:
             card = read_card(path)
         except ModelError as e:

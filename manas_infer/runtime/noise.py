@@ -70,7 +70,7 @@ class NoiseEstimate:
     def describe(self) -> str:
         if self.sd_hu is None:
             return f"no soft tissue to measure noise in ({len(self.slices)} slices tried)"
-        used = sum(v is not None for v in self.per_slice)
+        used = sum(value is not None for value in self.per_slice)
         return f"measured noise {self.sd_hu:.1f} HU (soft tissue, {used} slices)"
 
 
@@ -85,8 +85,8 @@ def sample_indices(n_slices: int, count: int = SLICES) -> list[int]:
 def volume_noise(slices: np.ndarray, indices: list[int] | None = None) -> NoiseEstimate:
     """The estimate over slices [S, H, W] already in memory (all of them by default)."""
     indices = list(range(len(slices))) if indices is None else indices
-    values = tuple(slice_noise(s) for s in slices)
-    found = [v for v in values if v is not None]
+    values = tuple(slice_noise(slice_hu) for slice_hu in slices)
+    found = [value for value in values if value is not None]
     sd = float(np.median(found)) if found else None
     return NoiseEstimate(sd, values, tuple(indices))
 

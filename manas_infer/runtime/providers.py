@@ -56,7 +56,7 @@ TRT_MIN_SIDE, TRT_OPT_SIDE, TRT_MAX_SIDE = 8, 512, 1024
 
 
 @dataclass(frozen=True)
-class Opened:
+class ProviderSession:
     """A session and the provider it actually runs on, with the reason for that choice."""
 
     session: ort.InferenceSession
@@ -188,7 +188,7 @@ def open_session(
     threads: int | None = None,
     cache: Path | None = None,
     max_batch: int = 4,
-) -> Opened:
+) -> ProviderSession:
     """An InferenceSession on the first provider of ``device``'s list that really works.
 
     Raises ValueError for an unknown device and RuntimeError when ``cuda``/``tensorrt`` was
@@ -230,7 +230,9 @@ def open_session(
             session.disable_fallback()
             how = "float32 without TF32" if gpu == "cuda" else "experimental, TF32 allowed"
             works = f"{device}: {name} works on this machine (GPU {device_id}, {how})"
-            return Opened(session, name, "; ".join([*reasons, works]), device_id, providers[0][1])
+            return ProviderSession(
+                session, name, "; ".join([*reasons, works]), device_id, providers[0][1]
+            )
         reasons.append(f"{name} unavailable ({failure_reason(''.join(log) + error)})")
     if kind in GPU_PROVIDERS:
         raise RuntimeError(f"--device {device} was asked for, but " + "; ".join(reasons))
@@ -238,7 +240,7 @@ def open_session(
         source, session_options(threads), providers=["CPUExecutionProvider"]
     )
     why = "asked for the CPU" if kind == "cpu" else "; ".join(reasons) or "no GPU provider"
-    return Opened(session, "CPUExecutionProvider", why)
+    return ProviderSession(session, "CPUExecutionProvider", why)
 
 
 def tiny_model() -> bytes:

@@ -12,7 +12,7 @@ import numpy as np
 from manas_infer.config import cache_root
 from manas_infer.runtime.guard import BIAS_GUARD_SIGMA_PX
 from manas_infer.runtime.models import ModelChoice, ModelError, read_card, resolve_model
-from manas_infer.runtime.providers import GPU_PROVIDERS, Opened, open_session
+from manas_infer.runtime.providers import GPU_PROVIDERS, ProviderSession, open_session
 from manas_infer.runtime.strength import DEFAULT_STRENGTH, apply_strength, check_strength
 
 log = logging.getLogger("manas_infer.runtime")
@@ -54,6 +54,11 @@ def float16_problem(card: dict, provider: str) -> str | None:
     return None
 
 
+def _float16_choice(choice: ModelChoice, half: Path) -> ModelChoice:
+    """``choice`` with its float16 variant ``half`` as the file (same reason, own name)."""
+    return ModelChoice(half, half.name.removesuffix(".onnx"), choice.why)
+
+
 class Denoiser:
     """One model, one onnxruntime session, used for every slice a process denoises.
 
@@ -89,19 +94,42 @@ class Denoiser:
         if precision == "float16":
             if not half.is_file():
                 raise ModelError(f"{half}: no float16 variant of {choice.name}")
-            choice = ModelChoice(half, half.name.removesuffix(".onnx"), choice.why)
-        self.choice, self.path, self.name = choice, choice.path, choice.name
+            choice = _float16_choice(choice, half)
+        self._use(choice)
         self.batch = batch
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file")
         self.card = read_card(self.path)
         opened = self._open(device, threads)
+        opened, warn = self._settle_precision(opened, precision, half, device, threads)
+        self._bind(opened)
+        reason = "; ".join(r for r in (self.why, self.precision_why) if r)
+        (log.warning if warn else log.info)("model %s on %s (%s)", self.name, self.provider, reason)
+        self.warm_up_seconds = 0.0
+        if warm_up is not None:
+            start = time.perf_counter()
+            self.run(np.full((1, *warm_up), -1000.0, dtype=np.float32))
+            self.warm_up_seconds = time.perf_counter() - start
+
+    def _use(self, choice: ModelChoice) -> None:
+        self.choice, self.path, self.name = choice, choice.path, choice.name
+
+    def _settle_precision(
+        self,
+        opened: ProviderSession,
+        precision: str,
+        half: Path,
+        device: str,
+        threads: int | None,
+    ) -> tuple[ProviderSession, bool]:
+        """The session to keep once precision is decided (the float16 variant's when it may
+        run here), and whether the log line is a warning; sets ``precision_why``."""
         self.precision_why = ""
-        warn = False
         if opened.on_gpu and (precision == "float16" or self.path == half):
             problem = float16_problem(self.card, opened.provider)
             if problem:  # opt-in: run it, but say what was not checked
-                self.precision_why, warn = f"float16 by request; {self.path.name}: {problem}", True
+                self.precision_why = f"float16 by request; {self.path.name}: {problem}"
+                return opened, True
         elif precision == "auto" and opened.on_gpu and half.is_file():
             try:
                 problem = float16_problem(read_card(half), opened.provider)
@@ -109,10 +137,7 @@ class Denoiser:
                 problem = f"its card cannot be read ({e})"
             if problem is None:
                 # On a GPU the float16 variant, verified there, halves memory traffic.
-                self.choice = choice = ModelChoice(
-                    half, half.name.removesuffix(".onnx"), choice.why
-                )
-                self.path, self.name = half, choice.name
+                self._use(_float16_choice(self.choice, half))
                 self.card = read_card(half)
                 opened = self._open(device, threads)
                 self.precision_why = (
@@ -123,20 +148,17 @@ class Denoiser:
                     f"float32: {half.name} is opt-in only ({problem}); to run it anyway, "
                     f"give its path (--model {half}) or precision float16"
                 )
+        return opened, False
+
+    def _bind(self, opened: ProviderSession) -> None:
+        """Keep the session and what callers read about it."""
         self.session, self.provider, self.why = opened.session, opened.provider, opened.why
         self.on_gpu, self.device_id = opened.on_gpu, opened.device_id
         self.provider_options = dict(opened.options)  # what the provider was opened with
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        reason = "; ".join(r for r in (self.why, self.precision_why) if r)
-        (log.warning if warn else log.info)("model %s on %s (%s)", self.name, self.provider, reason)
-        self.warm_up_seconds = 0.0
-        if warm_up is not None:
-            start = time.perf_counter()
-            self.run(np.full((1, *warm_up), -1000.0, dtype=np.float32))
-            self.warm_up_seconds = time.perf_counter() - start
 
-    def _open(self, device: str, threads: int | None) -> Opened:
+    def _open(self, device: str, threads: int | None) -> ProviderSession:
         try:
             return open_session(
                 self.path, device, threads, cache=cache_root() / "tensorrt", max_batch=self.batch
@@ -198,8 +220,8 @@ class Denoiser:
     def stream(self, slices: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Denoise slices as they come (a series read lazily), ``batch`` at a time, in order."""
         pending: list[np.ndarray] = []
-        for s in slices:
-            pending.append(s)
+        for slice_hu in slices:
+            pending.append(slice_hu)
             if len(pending) == self.batch:
                 yield from self.run(np.stack(pending))
                 pending = []
