@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from manas_infer.cli.common import (
-    _device,
-)
-from manas_infer.console import console, progress, report_problem
+from manas_infer.cli.common import _device
+from manas_infer.console import console, report_problem
 from manas_infer.errors import InputProblem
 
 
@@ -73,8 +72,8 @@ def evaluate(
     side-by-side pictures, and as a CT physicist does (noise power spectrum, edge TTF;
     with --phantom also low-contrast detectability), in a report folder (report.md,
     metrics.json, PNGs)."""
-    import manas_infer.evaluate as evaluation
-    from manas_infer.runtime import ModelError
+    from manas_infer.evaluate import is_run_dir
+    from manas_infer.jobs.evaluate import PairsSource, compared_methods, evaluate_pairs
 
     methods = methods or []
     if phantom:
@@ -90,63 +89,55 @@ def evaluate(
         raise typer.BadParameter(
             f"dose must be in (0, 100] percent, got {dose:g}", param_hint="--dose"
         )
-    runs = [m for m in methods if evaluation.is_run_dir(m)]
+    runs = [method for method in methods if is_run_dir(method)]
     if data is None and not runs:
         raise typer.BadParameter("no --data and no run directory to take a test split from",
                                  param_hint="--data")  # fmt: skip
     torch_device = _device(device)
+    source = PairsSource(data, low, Path(runs[0]) if runs else None, dose, seed, views,
+                         max_slices)  # fmt: skip
+    with _refusals():
+        rows = compared_methods(methods, device, bm3d, bm3d_sigma)
+        metrics, pairs, folder = evaluate_pairs(
+            source, rows, torch_device.type, out, figures, vgg_weights, bm3d_sigma, physics
+        )
+    _print_scores(metrics)
+    console.print(f"[green]report[/green] {folder / 'report.md'} ({metrics['perceptual']})",
+                  soft_wrap=True)  # fmt: skip
+    if pairs.problems:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Input, a run or a model that cannot be evaluated is one line and exit code 1."""
+    from manas_infer.jobs.evaluate import CannotEvaluate
+
     try:
-        rows = [evaluation.method_for(m, device) for m in methods]
-    except (ModelError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]cannot evaluate:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from None
-    if bm3d:
-        rows.append(evaluation.bm3d_method(bm3d_sigma))
-    try:
-        with progress() as bar:
-            task = bar.add_task("Reading slices", total=None)
-            if data is None:
-                pairs = evaluation.run_test_pairs(Path(runs[0]), max_slices)
-            elif low is not None:
-                pairs = evaluation.matched_pairs(low, data, max_slices, lambda: bar.advance(task))
-            else:
-                pairs = evaluation.simulated_pairs(
-                    data, dose, seed, max_slices, views, torch_device.type,
-                    lambda: bar.advance(task),
-                )  # fmt: skip
-            bar.update(task, total=len(pairs), completed=len(pairs))
-            for problem in pairs.problems:
-                report_problem(problem)
-            steps = bar.add_task("Evaluating", total=len(pairs) * (len(rows) + 1))
-            folder = out or Path("reports") / time.strftime("evaluate-%Y%m%d-%H%M%S")
-            metrics = evaluation.evaluate(
-                pairs, rows, folder, figures, vgg_weights,
-                settings={"dose_percent": dose, "seed": seed, "views": views,
-                          "device": torch_device.type, "bm3d_sigma": bm3d_sigma},
-                on_step=lambda name: bar.update(steps, advance=1, description=f"Evaluating {name}"),
-                physics=physics,
-            )  # fmt: skip
+        yield
     except InputProblem as problem:
         report_problem(problem, "refused")
         raise typer.Exit(1) from None
+    except CannotEvaluate as exc:
+        console.print(f"[red]cannot evaluate:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _print_scores(metrics: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"{metrics['slices']} slices: {metrics['source']}")
     for column in ("method", "PSNR dB", "SSIM", "PSNR window", "SSIM window", "params", "s/slice"):
         table.add_column(column)
-    for m in metrics["methods"]:
-        ms = m["mean_sd"]
+    for method in metrics["methods"]:
+        scores = method["mean_sd"]
         table.add_row(
-            m["name"], f"{ms['psnr'][0]:.2f}", f"{ms['ssim'][0]:.4f}",
-            f"{ms['psnr_window'][0]:.2f}", f"{ms['ssim_window'][0]:.4f}",
-            "" if m["parameters"] is None else f"{m['parameters']:,}",
-            f"{m['seconds_per_slice'][0]:.3f}",
+            method["name"], f"{scores['psnr'][0]:.2f}", f"{scores['ssim'][0]:.4f}",
+            f"{scores['psnr_window'][0]:.2f}", f"{scores['ssim_window'][0]:.4f}",
+            "" if method["parameters"] is None else f"{method['parameters']:,}",
+            f"{method['seconds_per_slice'][0]:.3f}",
         )  # fmt: skip
     console.print(table)
-    console.print(f"[green]report[/green] {folder / 'report.md'} ({metrics['perceptual']})",
-                  soft_wrap=True)  # fmt: skip
-    if pairs.problems:
-        raise typer.Exit(1)
 
 
 def _evaluate_phantom(
@@ -160,55 +151,50 @@ def _evaluate_phantom(
     out: Path | None,
 ) -> None:
     """``evaluate --phantom``: the physicist's battery on the LCD-CT phantom alone."""
-    import manas_infer.evaluate as evaluation
-    from manas_infer.runtime import ModelError
+    from manas_infer.evaluate import default_phantom_dir
+    from manas_infer.jobs.evaluate import compared_methods, evaluate_phantom, load_phantom
 
     if dose is not None or low is not None:
         raise typer.BadParameter("--phantom brings its own doses: no --dose or --low",
                                  param_hint="--phantom")  # fmt: skip
-    folder = folder or evaluation.default_phantom_dir()
+    folder = folder or default_phantom_dir()
     if folder is None:
         raise typer.BadParameter("no LCD-CT phantom found at ../shared/data/phantom/lcd-ct: "
                                  "give its folder with --data", param_hint="--data")  # fmt: skip
-    try:
-        lcd = evaluation.load_lcd_phantom(folder)
-        rows = [evaluation.method_for(m, device) for m in methods]
-    except InputProblem as problem:
-        report_problem(problem, "refused")
-        raise typer.Exit(1) from None
-    except (ModelError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]cannot evaluate:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from None
-    if bm3d:
-        rows.append(evaluation.bm3d_method(bm3d_sigma))
-    report = out or Path("reports") / time.strftime("phantom-%Y%m%d-%H%M%S")
-    with progress() as bar:
-        steps = bar.add_task("Phantom battery", total=len(lcd.doses) * (len(rows) + 1))
-        metrics = evaluation.evaluate_phantom(
-            lcd, rows, report,
-            settings={"device": _device(device).type, "bm3d_sigma": bm3d_sigma},
-            on_step=lambda name: bar.update(steps, advance=1, description=f"Phantom: {name}"),
-        )  # fmt: skip
-    from rich.table import Table
-
-    battery = metrics["lcd"]
-    labels = [i["label"] for i in battery["phantom"]["inserts"]]
-    table = Table(title=f"LCD phantom {folder}: CHO AUC per rod")
-    for column in ("dose", "method", "noise SD", "NPS mean f", "edge f50", *labels):
-        table.add_column(column)
-    for r in battery["rows"]:
-        table.add_row(
-            f"{r['dose_percent']} %", r["method"], f"{r['nps']['sd_hu']:.1f}",
-            f"{r['nps']['mean_frequency']:.3f}", f"{r['ttf_outline']['f50'] or float('nan'):.3f}",
-            *(f"{r['cho'][i]['auc']:.2f}" + {"raises": " +", "lowers": " -"}.get(
-                r["cho"][i].get("vs_input", {}).get("verdict", ""), "") for i in labels),
-        )  # fmt: skip
-    console.print(table)
+    with _refusals():
+        lcd = load_phantom(folder)
+        rows = compared_methods(methods, device, bm3d, bm3d_sigma)
+    metrics, report = evaluate_phantom(lcd, rows, _device(device).type, out, bm3d_sigma)
+    _print_battery(metrics, folder)
     console.print(
         f"[green]report[/green] {report / 'report.md'} (frequencies in mm^-1; "
         "+ / -: AUC significantly above / below the input's)",
         soft_wrap=True,
     )
+
+
+def _print_battery(metrics: dict, folder: Path) -> None:
+    from rich.table import Table
+
+    battery = metrics["lcd"]
+    labels = [insert["label"] for insert in battery["phantom"]["inserts"]]
+    table = Table(title=f"LCD phantom {folder}: CHO AUC per rod")
+    for column in ("dose", "method", "noise SD", "NPS mean f", "edge f50", *labels):
+        table.add_column(column)
+    for row in battery["rows"]:
+        table.add_row(
+            f"{row['dose_percent']} %", row["method"], f"{row['nps']['sd_hu']:.1f}",
+            f"{row['nps']['mean_frequency']:.3f}",
+            f"{row['ttf_outline']['f50'] or float('nan'):.3f}",
+            *(_auc(row["cho"][label]) for label in labels),
+        )  # fmt: skip
+    console.print(table)
+
+
+def _auc(rod: dict) -> str:
+    """A rod's CHO AUC, marked + or - where it is significantly above or below the input's."""
+    verdict = rod.get("vs_input", {}).get("verdict", "")
+    return f"{rod['auc']:.2f}" + {"raises": " +", "lowers": " -"}.get(verdict, "")
 
 
 def register(app: typer.Typer) -> None:

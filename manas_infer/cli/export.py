@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from manas_infer.console import console
+
+if TYPE_CHECKING:
+    from manas_infer.runtime import ModelInfo
 
 
 def export(
@@ -47,13 +51,13 @@ def export(
         console.print(f"[red]export failed:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
     for item in done:
-        p = item.parity
+        parity = item.parity
         console.print(
             f"[green]wrote[/green] {item.path} ({item.path.stat().st_size / 1e6:.2f} MB, "
-            f"{p.precision}) and {item.card_path.name}: onnxruntime ({p.provider}) vs torch "
-            f"max {p.max_abs_diff_hu:.3g} HU, mean {p.mean_abs_diff_hu:.2g} HU on "
-            f"{p.checked_on} (tolerance {p.tolerance_hu} HU)"
-            + (f"; {p.precision}: {item.selection}" if item.selection else ""),
+            f"{parity.precision}) and {item.card_path.name}: onnxruntime ({parity.provider}) vs "
+            f"torch max {parity.max_abs_diff_hu:.3g} HU, mean {parity.mean_abs_diff_hu:.2g} HU "
+            f"on {parity.checked_on} (tolerance {parity.tolerance_hu} HU)"
+            + (f"; {parity.precision}: {item.selection}" if item.selection else ""),
             soft_wrap=True,
         )
 
@@ -65,76 +69,63 @@ def models(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
 ) -> None:
     """List the available denoising models: dose, size, parameters and test metrics."""
-    from rich.table import Table
-
     from manas_infer.runtime import list_models, models_dir
 
     found = list_models(folder or models_dir())
     if as_json:
-        typer.echo(
-            json.dumps(
-                [
-                    {
-                        "name": m.name,
-                        "path": str(m.path),
-                        "default": m.is_default,
-                        "mb": round(m.megabytes, 2),
-                        **{
-                            k: m.card.get(k)
-                            for k in (
-                                "dose_percent",
-                                "precision",
-                                "parameters",
-                                "gflops_512",
-                                "metrics",
-                                "problem",
-                            )
-                        },
-                    }
-                    for m in found
-                ],
-                indent=2,
-            )
-        )
+        typer.echo(json.dumps([_model_summary(model) for model in found], indent=2))
         return
     if not found:
         console.print(f"no models in {folder or models_dir()}")
         raise typer.Exit(1)
-    table = Table(title=f"models in {folder or models_dir()}")
-    for column in (
-        "name",
-        "dose",
-        "precision",
-        "MB",
-        "parameters",
-        "GFLOPs 512²",
-        "test PSNR (dB)",
-        "test SSIM",
-    ):
+    _print_models(found, folder or models_dir())
+
+
+# What ``models --json`` shows of each card.
+CARD_FIELDS = ("dose_percent", "precision", "parameters", "gflops_512", "metrics", "problem")
+
+
+def _model_summary(model: ModelInfo) -> dict:
+    return {
+        "name": model.name,
+        "path": str(model.path),
+        "default": model.is_default,
+        "mb": round(model.megabytes, 2),
+        **{field: model.card.get(field) for field in CARD_FIELDS},
+    }
+
+
+def _print_models(found: list[ModelInfo], folder: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"models in {folder}")
+    for column in ("name", "dose", "precision", "MB", "parameters", "GFLOPs 512²",
+                   "test PSNR (dB)", "test SSIM"):  # fmt: skip
         table.add_column(column)
-    for m in found:
-        card = m.card
-        metrics = card.get("metrics", {})
-        low, net = metrics.get("low_dose_input", {}), metrics.get("denoised", {})
-
-        def pair(key: str, fmt: str, low=low, net=net) -> str:
-            if key not in low or key not in net:
-                return "?"
-            return f"{low[key][0]:{fmt}} -> {net[key][0]:{fmt}}"
-
+    for model in found:
+        card = model.card
         table.add_row(
-            m.name + (" (default)" if m.is_default else ""),
+            model.name + (" (default)" if model.is_default else ""),
             f"{card['dose_percent']:g} %" if "dose_percent" in card else "?",
             str(card.get("precision", "?")),
-            f"{m.megabytes:.2f}",
+            f"{model.megabytes:.2f}",
             f"{card['parameters']:,}" if "parameters" in card else "?",
             f"{card['gflops_512']:.1f}" if "gflops_512" in card else "?",
-            pair("psnr", ".2f"),
-            pair("ssim", ".3f"),
+            _before_after(card, "psnr", ".2f"),
+            _before_after(card, "ssim", ".3f"),
         )
         if "problem" in card:
             console.print(f"[red]{card['problem']}[/red]")
     console.print(table)
+
+
+def _before_after(card: dict, metric: str, number_format: str) -> str:
+    """A test metric of the card as "input -> denoised", "?" when the card lacks it."""
+    metrics = card.get("metrics", {})
+    low, net = metrics.get("low_dose_input", {}), metrics.get("denoised", {})
+    if metric not in low or metric not in net:
+        return "?"
+    return f"{low[metric][0]:{number_format}} -> {net[metric][0]:{number_format}}"
 
 
 def register(app: typer.Typer) -> None:
