@@ -27,8 +27,8 @@ def save_comparison(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = len(panels) + (difference is not None)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6), squeeze=False)
+    columns = len(panels) + (difference is not None)
+    fig, axes = plt.subplots(1, columns, figsize=(4.2 * columns, 4.6), squeeze=False)
     low, high = window_bounds(window)
     for ax, (label, image) in zip(axes[0], panels, strict=False):
         ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")

@@ -43,7 +43,7 @@ def _log_to_console() -> None:
     from rich.logging import RichHandler
 
     logger = logging.getLogger("manas_infer")
-    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+    if not any(isinstance(handler, RichHandler) for handler in logger.handlers):
         handler = RichHandler(console=console, show_time=False, show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)

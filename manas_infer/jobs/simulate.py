@@ -59,9 +59,9 @@ def simulate_series(
     normal = series.read_hu()
     low = np.empty_like(normal)
     spacing = series.pixel_spacing[0]
-    for k, start in enumerate(range(0, series.n_slices, batch)):
+    for batch_index, start in enumerate(range(0, series.n_slices, batch)):
         stop = min(start + batch, series.n_slices)
-        generator = torch.Generator(device=simulator.device).manual_seed(seed + k)
+        generator = torch.Generator(device=simulator.device).manual_seed(seed + batch_index)
         hu = torch.from_numpy(normal[start:stop]).to(simulator.device)
         low[start:stop] = simulator.simulate(hu, spacing, generator=generator).cpu().numpy()
         if on_slice is not None:
