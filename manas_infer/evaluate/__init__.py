@@ -86,9 +86,9 @@ def evaluate(
     """Score the low-dose input and every method on ``pairs`` and write the report folder;
     ``physics`` adds the noise power spectra and body-edge TTFs of the same outputs."""
     rows = [low_dose_input(), *methods]
-    n = len(pairs)
-    figure_slices = sorted({round((k + 1) * n / (n_figures + 1)) for k in range(n_figures)})
-    figure_slices = [i for i in figure_slices if 0 <= i < n] if n_figures > 0 else []
+    n_pairs = len(pairs)
+    figure_slices = sorted({round((k + 1) * n_pairs / (n_figures + 1)) for k in range(n_figures)})
+    figure_slices = [i for i in figure_slices if 0 <= i < n_pairs] if n_figures > 0 else []
     perceptual, note = perceptual_metric(vgg_weights)
     battery = PatientPhysics(pairs.full, pairs.spacing) if physics else None
     on_output = battery.add if battery is not None else None

@@ -51,12 +51,12 @@ def channel_responses(
     images = np.asarray(images, dtype=np.float64)
     half = size // 2
     out = np.empty((images.shape[0], len(centres), n_channels))
-    for k, (r, c) in enumerate(centres):
-        r0, c0 = round(r), round(c)
-        channels = laguerre_gauss_channels(size, width, n_channels, (r - r0, c - c0))
+    for k, (row, col) in enumerate(centres):
+        r0, c0 = round(row), round(col)
+        channels = laguerre_gauss_channels(size, width, n_channels, (row - r0, col - c0))
         rois = images[:, r0 - half : r0 - half + size, c0 - half : c0 - half + size]
         if rois.shape[1:] != (size, size):
-            raise ValueError(f"a {size}-pixel ROI at {(r, c)} leaves the image")
+            raise ValueError(f"a {size}-pixel ROI at {(row, col)} leaves the image")
         out[:, k] = rois.reshape(len(images), -1) @ channels.T
     return out
 
@@ -80,9 +80,9 @@ def leave_one_image_out(
     t_absent = np.empty(len(absent))
     for image in np.union1d(present_image, absent_image):
         train_p, train_a = present_image != image, absent_image != image
-        w = hotelling_template(present[train_p], absent[train_a])
-        t_present[~train_p] = present[~train_p] @ w
-        t_absent[~train_a] = absent[~train_a] @ w
+        template = hotelling_template(present[train_p], absent[train_a])
+        t_present[~train_p] = present[~train_p] @ template
+        t_absent[~train_a] = absent[~train_a] @ template
     return t_present, t_absent
 
 
@@ -131,7 +131,10 @@ def bootstrap_draws(strata: list[np.ndarray], n_boot: int, seed: int) -> np.ndar
     signal-absent images) drawn with replacement to its own size. Shared between methods,
     so their AUCs are compared on the same resamples (paired)."""
     rng = np.random.default_rng(seed)
-    parts = [np.asarray(s)[rng.integers(0, len(s), (n_boot, len(s)))] for s in strata]
+    parts = [
+        np.asarray(stratum)[rng.integers(0, len(stratum), (n_boot, len(stratum)))]
+        for stratum in strata
+    ]
     return np.concatenate(parts, axis=1)
 
 
@@ -148,16 +151,17 @@ def bootstrap_auc(
     by_p = {i: t_present[present_image == i] for i in np.unique(present_image)}
     by_a = {i: t_absent[absent_image == i] for i in np.unique(absent_image)}
     out = np.empty(len(draws))
-    for b, ids in enumerate(draws):
-        tp = np.concatenate([by_p.get(i, empty) for i in ids])
-        ta = np.sort(np.concatenate([by_a.get(i, empty) for i in ids]))
-        if len(tp) == 0 or len(ta) == 0:
-            out[b] = np.nan
+    for draw, ids in enumerate(draws):
+        drawn_present = np.concatenate([by_p.get(i, empty) for i in ids])
+        drawn_absent = np.sort(np.concatenate([by_a.get(i, empty) for i in ids]))
+        if len(drawn_present) == 0 or len(drawn_absent) == 0:
+            out[draw] = np.nan
             continue
         # rank form of the Mann-Whitney AUC: fast for the hundreds of absent ROIs
-        below = np.searchsorted(ta, tp, side="left")
-        ties = np.searchsorted(ta, tp, side="right") - below
-        out[b] = float((below.sum() + 0.5 * ties.sum()) / (len(tp) * len(ta)))
+        below = np.searchsorted(drawn_absent, drawn_present, side="left")
+        ties = np.searchsorted(drawn_absent, drawn_present, side="right") - below
+        pairs = len(drawn_present) * len(drawn_absent)
+        out[draw] = float((below.sum() + 0.5 * ties.sum()) / pairs)
     return out
 
 
@@ -169,16 +173,16 @@ def cho_study(
     draws: np.ndarray,
 ) -> ObserverResult:
     """Leave-one-image-out CHO on channel vectors, with its bootstrap interval."""
-    tp, ta = leave_one_image_out(present, present_image, absent, absent_image)
-    boot = bootstrap_auc(tp, present_image, ta, absent_image, draws)
+    t_present, t_absent = leave_one_image_out(present, present_image, absent, absent_image)
+    boot = bootstrap_auc(t_present, present_image, t_absent, absent_image, draws)
     lo, hi = np.nanpercentile(boot, [2.5, 97.5])
     return ObserverResult(
-        tp,
-        ta,
+        t_present,
+        t_absent,
         present_image,
         absent_image,
-        empirical_auc(tp, ta),
-        detectability_snr(tp, ta),
+        empirical_auc(t_present, t_absent),
+        detectability_snr(t_present, t_absent),
         (float(lo), float(hi)),
         boot,
     )

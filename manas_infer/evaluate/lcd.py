@@ -93,13 +93,13 @@ class LcdPhantom:
             "doses_percent": self.doses,
             "inserts": [
                 {
-                    "label": i.label,
-                    "centre_px": [round(c, 3) for c in i.centre],
-                    "radius_px": round(i.radius_px, 3),
-                    "contrast_hu": i.contrast_hu,
-                    "diameter_mm": round(i.diameter_mm, 2),
+                    "label": insert.label,
+                    "centre_px": [round(coordinate, 3) for coordinate in insert.centre],
+                    "radius_px": round(insert.radius_px, 3),
+                    "contrast_hu": insert.contrast_hu,
+                    "diameter_mm": round(insert.diameter_mm, 2),
                 }
-                for i in self.inserts
+                for insert in self.inserts
             ],
         }
 
@@ -115,16 +115,16 @@ def load_lcd_phantom(folder: Path) -> LcdPhantom:
     volume = CTVolume(truth_path, hu_offset=HU_OFFSET)
     truth = volume.read_hu()[0].astype(np.float64)
     doses = sorted(
-        int(p.name.removeprefix("dose_"))
-        for p in folder.glob("dose_*")
-        if p.name.removeprefix("dose_").isdigit()
-        and (p / "signal_present").is_dir()
-        and (p / "signal_absent").is_dir()
+        int(dose_dir.name.removeprefix("dose_"))
+        for dose_dir in folder.glob("dose_*")
+        if dose_dir.name.removeprefix("dose_").isdigit()
+        and (dose_dir / "signal_present").is_dir()
+        and (dose_dir / "signal_absent").is_dir()
     )
     if not doses:
         raise InputProblem(folder, "no dose_XXX/signal_present and signal_absent folders")
     weight = np.clip((truth - HU_OFFSET) / -HU_OFFSET, 0.0, 1.0)  # water 1, air 0, edges between
-    centre = tuple(float(c) for c in ndimage.center_of_mass(weight))
+    centre = tuple(float(coordinate) for coordinate in ndimage.center_of_mass(weight))
     radius = math.sqrt(float(weight.sum()) / math.pi)
     header = volume.pixel_spacing[0]
     if abs(header - 1.0) > 1e-6:
@@ -154,19 +154,19 @@ def find_inserts(
     sorted from the smallest to the largest."""
     inner = circular_distance(truth.shape, centre, radius) < -6.0
     contrast = np.where(inner, truth, 0.0)
-    labels, n = ndimage.label(contrast > 0.5, structure=np.ones((3, 3)))
+    labels, n_regions = ndimage.label(contrast > 0.5, structure=np.ones((3, 3)))
     inserts = []
-    for k in range(1, n + 1):
-        region = np.where(labels == k, contrast, 0.0)
+    for label in range(1, n_regions + 1):
+        region = np.where(labels == label, contrast, 0.0)
         peak = float(region.max())
         if region.sum() / peak < 3:  # stray partial pixels are no rod
             continue
-        r = math.sqrt(float(region.sum()) / peak / math.pi)
-        c = tuple(float(v) for v in ndimage.center_of_mass(region))
-        inserts.append(Insert(c, r, peak, 2 * r * spacing))
+        radius_px = math.sqrt(float(region.sum()) / peak / math.pi)
+        centre_px = tuple(float(coordinate) for coordinate in ndimage.center_of_mass(region))
+        inserts.append(Insert(centre_px, radius_px, peak, 2 * radius_px * spacing))
     if not inserts:
         raise InputProblem(Path("ground_truth.mhd"), "no low-contrast inserts found")
-    return sorted(inserts, key=lambda i: i.radius_px)
+    return sorted(inserts, key=lambda insert: insert.radius_px)
 
 
 @dataclass
@@ -200,28 +200,32 @@ class Geometry:
 
 
 def geometry(phantom: LcdPhantom, settings: LcdSettings) -> Geometry:
+    """The NPS ROIs (centre and a ring), the ring positions at and between the rods, and
+    the signed distance maps of the outline and of each rod."""
     cy, cx = phantom.centre
-    n = settings.nps_roi
+    roi = settings.nps_roi
     ring = settings.nps_ring_px
     spots = [(cy, cx)] + [
-        (cy + ring * math.sin(a), cx + ring * math.cos(a)) for a in np.arange(8) * math.pi / 4
+        (cy + ring * math.sin(angle), cx + ring * math.cos(angle))
+        for angle in np.arange(8) * math.pi / 4
     ]
-    corners = [(round(r - n / 2), round(c - n / 2)) for r, c in spots]
-    angles = sorted(math.atan2(i.centre[0] - cy, i.centre[1] - cx) for i in phantom.inserts)
-    rho = float(np.mean([math.hypot(i.centre[0] - cy, i.centre[1] - cx) for i in phantom.inserts]))
+    corners = [(round(row - roi / 2), round(col - roi / 2)) for row, col in spots]
+    offsets = [(insert.centre[0] - cy, insert.centre[1] - cx) for insert in phantom.inserts]
+    angles = sorted(math.atan2(dy, dx) for dy, dx in offsets)
+    rho = float(np.mean([math.hypot(dy, dx) for dy, dx in offsets]))
     between = [
-        (a + ((angles[(k + 1) % len(angles)] - a) % (2 * math.pi)) / 2)
-        for k, a in enumerate(angles)
+        (angle + ((angles[(k + 1) % len(angles)] - angle) % (2 * math.pi)) / 2)
+        for k, angle in enumerate(angles)
     ]
-    at = [(cy + rho * math.sin(a), cx + rho * math.cos(a)) for a in angles]
-    mid = [(cy + rho * math.sin(a), cx + rho * math.cos(a)) for a in between]
+    on_rods = [(cy + rho * math.sin(angle), cx + rho * math.cos(angle)) for angle in angles]
+    mid = [(cy + rho * math.sin(angle), cx + rho * math.cos(angle)) for angle in between]
     shape = phantom.truth.shape
     return Geometry(
         corners,
-        at + mid,
+        on_rods + mid,
         mid,
         circular_distance(shape, phantom.centre, phantom.radius_px),
-        [circular_distance(shape, i.centre, i.radius_px) for i in phantom.inserts],
+        [circular_distance(shape, insert.centre, insert.radius_px) for insert in phantom.inserts],
     )
 
 
@@ -236,28 +240,29 @@ def _esfs(
     """One ESF per image (bins shared), so image resamples only average ESFs. Bins are as
     fine as 0.1 px while a ring of the circle still holds about 10 pixels per bin."""
     bin_px = float(np.clip(10.0 / (2 * math.pi * radius), 0.1, 0.5))
-    rows = [edge_spread(im, distance, low, high, bin_px) for im in images]
-    return rows[0][0], np.stack([r[1] for r in rows]), rows[0][2]
+    spreads = [edge_spread(image, distance, low, high, bin_px) for image in images]
+    return spreads[0][0], np.stack([esf for _, esf, _ in spreads]), spreads[0][2]
 
 
 def _ttf_with_interval(
-    d: np.ndarray, esfs: np.ndarray, n_px: int, spacing: float, n_boot: int, seed: int
+    distance: np.ndarray, esfs: np.ndarray, n_px: int, spacing: float, n_boot: int, seed: int
 ) -> dict:
     """TTF of the mean ESF, with 95 % intervals of f50 / f10 over image resamples."""
-    ttf = ttf_from_esf(d, esfs.mean(0), spacing, n_px * len(esfs))
+    ttf = ttf_from_esf(distance, esfs.mean(0), spacing, n_px * len(esfs))
     rng = np.random.default_rng(seed)
     f50, f10 = [], []
     for _ in range(n_boot):
-        t = ttf_from_esf(d, esfs[rng.integers(0, len(esfs), len(esfs))].mean(0), spacing)
-        f50.append(t.f50)
-        f10.append(t.f10)
+        resampled = esfs[rng.integers(0, len(esfs), len(esfs))].mean(0)
+        resampled_ttf = ttf_from_esf(distance, resampled, spacing)
+        f50.append(resampled_ttf.f50)
+        f10.append(resampled_ttf.f10)
     out = ttf.to_dict()
 
     def interval(values: list[float]) -> list[float | None]:
-        v = np.asarray(values)
-        if np.isnan(v).mean() > 0.05:  # often no crossing: say so rather than guess
+        found = np.asarray(values)
+        if np.isnan(found).mean() > 0.05:  # often no crossing: say so rather than guess
             return [None, None]
-        return [float(x) for x in np.nanpercentile(v, [2.5, 97.5])]
+        return [float(bound) for bound in np.nanpercentile(found, [2.5, 97.5])]
 
     out["f50_ci95"], out["f10_ci95"] = interval(f50), interval(f10)
     out["images"] = len(esfs)
@@ -279,13 +284,15 @@ def run_lcd_battery(
     rows: list[dict] = []
     for dose in phantom.doses:
         present, absent = phantom.images(dose, "present"), phantom.images(dose, "absent")
-        n_p = len(present)
-        ids = np.arange(n_p + len(absent))  # present images first, then absent ones
-        draws = cho.bootstrap_draws([ids[:n_p], ids[n_p:]], settings.n_boot, settings.seed + dose)
+        n_present = len(present)
+        ids = np.arange(n_present + len(absent))  # present images first, then absent ones
+        groups = [ids[:n_present], ids[n_present:]]
+        draws = cho.bootstrap_draws(groups, settings.n_boot, settings.seed + dose)
         references: dict[str, cho.ObserverResult] = {}
         for method in methods:
-            outputs = np.stack([method.denoise(im) for im in np.concatenate([present, absent])])
-            out_p, out_a = outputs[:n_p], outputs[n_p:]
+            images = np.concatenate([present, absent])
+            outputs = np.stack([method.denoise(image) for image in images])
+            out_p, out_a = outputs[:n_present], outputs[n_present:]
             row: dict = {"dose_percent": dose, "method": method.name, "kind": method.kind}
             row |= _noise(out_a, geo, settings, phantom.spacing)
             row |= _sharpness(phantom, outputs, out_p, geo, settings)
@@ -304,7 +311,10 @@ def run_lcd_battery(
     return {
         "phantom": phantom.describe(),
         "settings": settings.__dict__,
-        "methods": [{"name": m.name, "kind": m.kind, "detail": m.detail} for m in methods],
+        "methods": [
+            {"name": method.name, "kind": method.kind, "detail": method.detail}
+            for method in methods
+        ],
         "rows": rows,
     }
 
@@ -315,12 +325,14 @@ def _noise(out_a: np.ndarray, geo: Geometry, settings: LcdSettings, spacing: flo
     bias, the sqrt 2 restores one image's noise. And the mean of water at the centre."""
     half = len(out_a) // 2
     noise = (out_a[0 : 2 * half : 2] - out_a[1 : 2 * half : 2]) / math.sqrt(2)
-    n = settings.nps_roi
-    rois = np.concatenate([noise[:, r : r + n, c : c + n] for r, c in geo.nps_corners])
-    r, c = geo.nps_corners[0]
+    roi = settings.nps_roi
+    rois = np.concatenate(
+        [noise[:, row : row + roi, col : col + roi] for row, col in geo.nps_corners]
+    )
+    row, col = geo.nps_corners[0]
     return {
         "nps": noise_power_spectrum(rois, spacing).to_dict(),
-        "mean_hu_centre": float(out_a[:, r : r + n, c : c + n].mean()),
+        "mean_hu_centre": float(out_a[:, row : row + roi, col : col + roi].mean()),
     }
 
 
@@ -335,12 +347,12 @@ def _sharpness(
     images, and of each rod on the mean of its ten signal-present images."""
     reach = settings.outline_reach_px
     boot = (phantom.spacing, settings.n_boot_ttf, settings.seed)
-    d, esfs, n_px = _esfs(outputs, geo.outline_distance, -reach, reach, phantom.radius_px)
-    out = {"ttf_outline": _ttf_with_interval(d, esfs, n_px, *boot), "ttf_inserts": {}}
+    bins, esfs, n_px = _esfs(outputs, geo.outline_distance, -reach, reach, phantom.radius_px)
+    out = {"ttf_outline": _ttf_with_interval(bins, esfs, n_px, *boot), "ttf_inserts": {}}
     for insert, distance in zip(phantom.inserts, geo.insert_distance, strict=True):
         low, high = -insert.radius_px, settings.insert_reach_px
-        d, esfs, n_px = _esfs(out_p, distance, low, high, insert.radius_px)
-        out["ttf_inserts"][insert.label] = _ttf_with_interval(d, esfs, n_px, *boot)
+        bins, esfs, n_px = _esfs(out_p, distance, low, high, insert.radius_px)
+        out["ttf_inserts"][insert.label] = _ttf_with_interval(bins, esfs, n_px, *boot)
     return out
 
 

@@ -39,8 +39,8 @@ class NoisePowerSpectrum:
             "pixel_spacing_mm": self.pixel_spacing,
         }
         if curve:
-            out["frequency"] = [round(float(f), 5) for f in self.frequency]
-            out["nps"] = [float(f"{v:.5g}") for v in self.nps]
+            out["frequency"] = [round(float(frequency), 5) for frequency in self.frequency]
+            out["nps"] = [float(f"{value:.5g}") for value in self.nps]
         return out
 
 
@@ -153,15 +153,16 @@ def uniform_rois(
     for flat in order:
         if sd.ravel()[flat] > limit or len(corners) == max_rois:
             break
-        r, c = divmod(int(flat), full.shape[1])
-        r, c = r - half, c - half
-        if taken[r : r + size, c : c + size].any():
+        row, col = divmod(int(flat), full.shape[1])
+        row, col = row - half, col - half
+        if taken[row : row + size, col : col + size].any():
             continue
-        taken[r : r + size, c : c + size] = True
-        corners.append((r, c))
+        taken[row : row + size, col : col + size] = True
+        corners.append((row, col))
     return corners
 
 
 def crop(image: np.ndarray, corners: list[tuple[int, int]], size: int) -> np.ndarray:
     """The ``size`` x ``size`` ROIs at ``corners`` as one [K, size, size] array."""
-    return np.stack([image[r : r + size, c : c + size] for r, c in corners]).astype(np.float64)
+    rois = [image[row : row + size, col : col + size] for row, col in corners]
+    return np.stack(rois).astype(np.float64)

@@ -103,7 +103,7 @@ def matched_pairs(
     if low.shape != full.shape:
         raise InputProblem(low_dir, f"matrix {low.shape} differs from the full-dose {full.shape}")
     tolerance = (full.slice_spacing or 4.0) / 4
-    full_at = np.array([s.location for s in full.slices])
+    full_at = np.array([header.location for header in full.slices])
     pairs = Pairs([], [], [], f"{low_dir} (low dose) matched to {full_dir} (full dose)")
     for i in evenly_spaced(low.n_slices, max_slices).tolist():
         where = low.slices[i].location

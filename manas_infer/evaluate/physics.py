@@ -82,10 +82,10 @@ class PatientPhysics:
             noise = out if noise_of_full else out - self.full[i]
             self._rois.setdefault(name, []).append(crop(noise, where.corners, self.roi_size))
         if where.distance is not None:
-            d, sums, counts = edge_sums(
+            bins, sums, counts = edge_sums(
                 out, where.distance, -self.reach_px, self.reach_px, self.bin_px
             )
-            pooled = self._esf.setdefault(name, [np.zeros_like(sums), np.zeros_like(counts), d])
+            pooled = self._esf.setdefault(name, [np.zeros_like(sums), np.zeros_like(counts), bins])
             pooled[0] += sums
             pooled[1] += counts
 
@@ -98,9 +98,9 @@ class PatientPhysics:
                 rois = np.concatenate(self._rois[name])
                 row["nps"] = noise_power_spectrum(rois, self.pixel_spacing).to_dict()
             if name in self._esf:
-                sums, counts, d = self._esf[name]
-                esf = esf_from_sums(d, sums, counts)
-                ttf = ttf_from_esf(d, esf, self.pixel_spacing, int(counts.sum()))
+                sums, counts, bins = self._esf[name]
+                esf = esf_from_sums(bins, sums, counts)
+                ttf = ttf_from_esf(bins, esf, self.pixel_spacing, int(counts.sum()))
                 row["ttf_body_edge"] = ttf.to_dict()
             rows.append(row)
         used = [i for i in self._slices if self.used(i)]

@@ -36,12 +36,13 @@ def nps_figure(path: Path, curves: list[Curve], title: str, unit: str) -> Path:
     """Left: the NPS (noise magnitude at each frequency). Right: each NPS divided by its own
     integral, the noise texture alone: a curve moved to the left is a blotchier texture."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label, f, nps in curves:
-        f, nps = np.asarray(f), np.asarray(nps)
-        area = float(np.sum(nps * 2 * np.pi * f) * (f[1] - f[0]))  # ring integral, radial curve
-        axes[0].plot(f[1:], nps[1:], label=label, **_style(label))  # no DC on a log axis
+    for label, frequency, nps in curves:
+        frequency, nps = np.asarray(frequency), np.asarray(nps)
+        step = frequency[1] - frequency[0]
+        area = float(np.sum(nps * 2 * np.pi * frequency) * step)  # ring integral, radial curve
+        axes[0].plot(frequency[1:], nps[1:], label=label, **_style(label))  # no DC on a log axis
         if area > 0:
-            axes[1].plot(f, nps / area, label=label, **_style(label))
+            axes[1].plot(frequency, nps / area, label=label, **_style(label))
     axes[0].set_ylabel("NPS (HU² mm²)" if unit == "mm^-1" else "NPS (HU² px²)")
     axes[0].set_yscale("log")
     axes[1].set_ylabel("NPS / its integral (texture)")
@@ -57,8 +58,8 @@ def ttf_figure(path: Path, panels: list[tuple[str, list[Curve]]], unit: str) -> 
     """One panel per edge (or dose): the TTF of every method, 0.5 and 0.1 marked."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels, strict=True):
-        for label, f, ttf in curves:
-            ax.plot(f, ttf, label=label, **_style(label))
+        for label, frequency, ttf in curves:
+            ax.plot(frequency, ttf, label=label, **_style(label))
         for level in (0.5, 0.1):
             ax.axhline(level, color="k", lw=0.5, alpha=0.5)
         ax.set_ylim(-0.05, 1.15)
@@ -73,17 +74,17 @@ def ttf_figure(path: Path, panels: list[tuple[str, list[Curve]]], unit: str) -> 
 def auc_figure(path: Path, lcd: dict) -> Path:
     """One panel per dose: a group of bars per rod, a bar per method, 95 % intervals."""
     doses = lcd["phantom"]["doses_percent"]
-    inserts = [i["label"] for i in lcd["phantom"]["inserts"]]
-    methods = [m["name"] for m in lcd["methods"]]
+    inserts = [insert["label"] for insert in lcd["phantom"]["inserts"]]
+    methods = [method["name"] for method in lcd["methods"]]
     fig, axes = plt.subplots(1, len(doses), figsize=(5 * len(doses), 4.2), squeeze=False)
     width = 0.8 / len(methods)
     for ax, dose in zip(axes[0], doses, strict=True):
-        rows = {r["method"]: r for r in lcd["rows"] if r["dose_percent"] == dose}
-        for m, name in enumerate(methods):
+        rows = {row["method"]: row for row in lcd["rows"] if row["dose_percent"] == dose}
+        for index, name in enumerate(methods):
             cho = rows[name]["cho"]
-            auc = np.array([cho[i]["auc"] for i in inserts])
-            ci = np.array([cho[i]["auc_ci95"] for i in inserts])
-            x = np.arange(len(inserts)) - 0.4 + (m + 0.5) * width
+            auc = np.array([cho[insert]["auc"] for insert in inserts])
+            ci = np.array([cho[insert]["auc_ci95"] for insert in inserts])
+            x = np.arange(len(inserts)) - 0.4 + (index + 0.5) * width
             color = "grey" if rows[name]["kind"] == "input" else None
             ax.bar(x, auc, width, label=name, color=color)
             ax.errorbar(
