@@ -10,7 +10,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from manas_infer.data.series import CTSeries, scan
 from manas_infer.dicom_node.config import NodeConfig
@@ -20,6 +19,7 @@ from manas_infer.dicom_node.routing import Route, Router, series_ctdivol
 from manas_infer.dicom_node.spool import Spool
 from manas_infer.errors import InputProblem
 from manas_infer.jobs.denoise import denoise_series
+from manas_infer.jobs.each_series import DerivedVolumes
 from manas_infer.runtime import Denoiser, ModelChoice
 
 log = logging.getLogger("manas_infer.node.worker")
@@ -150,7 +150,7 @@ class Worker(threading.Thread):
         if done is not None:
             self._hand_over(done, route, result, seconds)
 
-    def _denoise(self, record: SeriesRecord) -> tuple[Route, Any]:
+    def _denoise(self, record: SeriesRecord) -> tuple[Route, DerivedVolumes]:
         """The series' route, and its derived series written into the spool; Parked if the
         node stops meanwhile."""
         key = record.key
@@ -208,7 +208,9 @@ class Worker(threading.Thread):
             reason,
         )
 
-    def _hand_over(self, record: SeriesRecord, route: Route, result: Any, seconds: float) -> None:
+    def _hand_over(
+        self, record: SeriesRecord, route: Route, result: DerivedVolumes, seconds: float
+    ) -> None:
         """Wake the senders for a processed series, or say that no destination will get it."""
         key = record.key
         if record.state == State.SENT:
@@ -258,7 +260,9 @@ class Worker(threading.Thread):
         record.state, record.error = State.FAILED, reason
         record.note(f"failed in processing: {reason}")
 
-    def _processed(self, record: SeriesRecord, route: Route, result, seconds: float) -> None:
+    def _processed(
+        self, record: SeriesRecord, route: Route, result: DerivedVolumes, seconds: float
+    ) -> None:
         written = result.written
         record.model, record.route = route.model.name, route.rule
         record.derived_series_uid, record.derived_slices = written.series_uid, written.n_slices
