@@ -113,18 +113,18 @@ def slice_figure(
         if scored.method.kind != "input"
     ]
     side = max(32, min(full.shape) // 4)
-    r, c = zoom_box(full, side)
+    top, left = zoom_box(full, side)
     lo, hi = window_bounds(SOFT_TISSUE_WINDOW)
     diffs = [image - full for _, image in panels[1:]]
     scale = 3 * float(np.std(diffs[0])) or 1.0  # the low-dose noise sets one common scale
-    n = len(panels)
-    fig, axes = plt.subplots(3, n, figsize=(3.3 * n, 10.2), squeeze=False)
+    n_panels = len(panels)
+    fig, axes = plt.subplots(3, n_panels, figsize=(3.3 * n_panels, 10.2), squeeze=False)
     for k, (name, image) in enumerate(panels):
         axes[0][k].imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-        axes[0][k].add_patch(Rectangle((c, r), side, side, fill=False, color="yellow", lw=1))
+        axes[0][k].add_patch(Rectangle((left, top), side, side, fill=False, color="yellow", lw=1))
         axes[0][k].set_title(name, fontsize=9)
-        axes[1][k].imshow(image[r : r + side, c : c + side], cmap="gray", vmin=lo, vmax=hi,
-                          interpolation="nearest")  # fmt: skip
+        zoomed = image[top : top + side, left : left + side]
+        axes[1][k].imshow(zoomed, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         if k == 0:
             axes[2][k].axis("off")
             axes[2][k].text(0.5, 0.5, f"difference from\nfull dose\n(+-{scale:.0f} HU)",
