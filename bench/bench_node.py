@@ -19,7 +19,6 @@ Writes bench/results/node.json and node.md, naming the model file's sha256.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -37,6 +36,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from manas_infer.data.series import scan
+from manas_infer.hashing import sha256
 from manas_infer.runtime import Denoiser, resolve_model
 
 JUNK_KINDS = ("bare connect-and-close", "blank calling AE request", "silent connection")
@@ -210,7 +210,7 @@ def main() -> None:
             raise SystemExit(f"{program} (DCMTK) is not installed")
 
     choice = resolve_model(args.model)
-    sha256 = hashlib.sha256(choice.path.read_bytes()).hexdigest()
+    model_sha256 = sha256(choice.path)
     card_path = choice.path.with_name(choice.path.name.removesuffix(".onnx") + ".card.json")
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="bench-node-") as tmp_name:
@@ -321,7 +321,7 @@ host = "127.0.0.1"
         "series_source": args.series.name,
         "model": model,
         "model_file": choice.path.name,
-        "model_sha256": sha256,
+        "model_sha256": model_sha256,
         "model_gflops_512": card.get("gflops_512"),
         "provider": provider,
         "batch": args.batch,

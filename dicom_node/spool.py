@@ -19,7 +19,6 @@ per-series locks here. What a record holds is ``records.py``; how a file is writ
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from manas_infer.dicom_node.disk import (
     write_synced,
 )
 from manas_infer.dicom_node.records import SeriesRecord, State
+from manas_infer.hashing import text_sha256
 
 log = logging.getLogger("manas_infer.node.spool")
 
@@ -48,7 +48,7 @@ SENT_MARK = " ok"
 
 def series_key(series_uid: str) -> str:
     """A short, filesystem-safe and loggable stand-in for a SeriesInstanceUID."""
-    return hashlib.sha256(series_uid.encode()).hexdigest()[:20]
+    return text_sha256(series_uid, 20)
 
 
 def instance_file_name(sop_uid: str) -> str:
@@ -56,7 +56,7 @@ def instance_file_name(sop_uid: str) -> str:
     not become a path)."""
     if re.fullmatch(r"[0-9][0-9.]{0,63}", sop_uid):
         return f"{sop_uid}.dcm"
-    return hashlib.sha256(sop_uid.encode()).hexdigest()[:40] + ".dcm"
+    return text_sha256(sop_uid, 40) + ".dcm"
 
 
 class Spool:

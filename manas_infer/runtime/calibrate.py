@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import numpy as np
 
 from manas_infer.config import cache_root
 from manas_infer.data.series import scan
+from manas_infer.hashing import text_sha256
 from manas_infer.runtime.choice import LEVELS_FORMAT, levels_path
 from manas_infer.runtime.models import list_models, models_dir
 from manas_infer.runtime.noise import volume_noise
@@ -59,7 +59,7 @@ def simulated_slices(
     at = np.linspace(0.15 * (series.n_slices - 1), 0.85 * (series.n_slices - 1), count)
     indices = sorted({round(float(i)) for i in at})
     normal = np.stack([series.read_slice_hu(i) for i in indices])
-    key = hashlib.sha256(f"{series.series_uid}|{indices}|{seed}".encode()).hexdigest()[:16]
+    key = text_sha256(f"{series.series_uid}|{indices}|{seed}", 16)
     folder = cache_root() / "noise-calibration"
     folder.mkdir(parents=True, exist_ok=True)
     low: dict[float, np.ndarray] = {}

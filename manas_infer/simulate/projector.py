@@ -123,7 +123,7 @@ class ParallelBeamProjector:
         }
         return {k: v.to(device=device, dtype=torch.float32) for k, v in consts.items()}
 
-    def _on(self, device: torch.device) -> dict[str, torch.Tensor]:
+    def _tables_on(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Constants on ``device``, copied once, so inputs may live anywhere."""
         if device not in self._consts:
             self._consts[device] = {k: v.to(device) for k, v in self._consts[self.device].items()}
@@ -149,7 +149,7 @@ class ParallelBeamProjector:
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Sinogram ``[B, n_views, n_det]`` of ``image`` ``[B, N, N]``."""
         image = self._check(image, (self.size, self.size), "image")
-        k = self._on(image.device)
+        tables = self._tables_on(image.device)
         batch, m, rows, nb = image.shape[0], self.n_det, self._rows, self._n_base
         src = image.unsqueeze(0)  # [1, B, N, N]: slices as channels share one grid
         out = image.new_empty(batch, self.n_views, m)
@@ -158,8 +158,12 @@ class ParallelBeamProjector:
         for v0 in range(0, nb, step):
             v1 = min(v0 + step, nb)
             gr = grid[: v1 - v0]
-            torch.add(k["fx_t"][v0:v1, None, :], k["fx_s"][v0:v1, :, None], out=gr[..., 0])
-            torch.add(k["fy_t"][v0:v1, None, :], k["fy_s"][v0:v1, :, None], out=gr[..., 1])
+            torch.add(
+                tables["fx_t"][v0:v1, None, :], tables["fx_s"][v0:v1, :, None], out=gr[..., 0]
+            )
+            torch.add(
+                tables["fy_t"][v0:v1, None, :], tables["fy_s"][v0:v1, :, None], out=gr[..., 1]
+            )
             samples = F.grid_sample(
                 src.expand(v1 - v0, -1, -1, -1),
                 gr,
@@ -179,14 +183,14 @@ class ParallelBeamProjector:
     def filter(self, sinogram: torch.Tensor) -> torch.Tensor:
         """Ramp-filtered sinogram (same shape), zero padded against wrap-around."""
         sinogram = self._check(sinogram, (self.n_views, self.n_det), "sinogram")
-        ramp = self._on(sinogram.device)["ramp"]
+        ramp = self._tables_on(sinogram.device)["ramp"]
         spec = torch.fft.rfft(sinogram, n=self.n_padded, dim=-1)
         return torch.fft.irfft(spec * ramp, n=self.n_padded, dim=-1)[..., : self.n_det]
 
     def backproject(self, sinogram: torch.Tensor) -> torch.Tensor:
         """Unscaled linear-interpolation back-projection ``[B, N, N]`` (no filtering)."""
         sinogram = self._check(sinogram, (self.n_views, self.n_det), "sinogram")
-        k = self._on(sinogram.device)
+        tables = self._tables_on(sinogram.device)
         batch, n, side, nb = sinogram.shape[0], self.size, self._pix, self._n_base
         views = sinogram.transpose(0, 1)  # [V, B, n_det]
         channels = 2 * batch if self.paired else batch
@@ -196,7 +200,9 @@ class ParallelBeamProjector:
         for v0 in range(0, nb, step):
             v1 = min(v0 + step, nb)
             gr = grid[: v1 - v0]
-            torch.add(k["bx_x"][v0:v1, None, :], k["bx_y"][v0:v1, :, None], out=gr[..., 0])
+            torch.add(
+                tables["bx_x"][v0:v1, None, :], tables["bx_y"][v0:v1, :, None], out=gr[..., 0]
+            )
             src = views[v0:v1]
             if self.paired:
                 src = torch.cat([src, views[nb + v0 : nb + v1]], dim=1)
