@@ -76,7 +76,8 @@ def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     from manas_infer.train.distributed import DistContext
     from manas_infer.train.presets import PRESETS
-    from manas_infer.train.run import RunConfig, Trainer, create_run
+    from manas_infer.train.run import RunConfig, create_run
+    from manas_infer.train.trainer import Trainer
 
     base = tmp_path_factory.mktemp("trained")
     preset = PRESETS["tiny"].with_overrides(retrain_epochs=2, max_slices_per_patient=4)

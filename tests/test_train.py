@@ -17,12 +17,15 @@ from typer.testing import CliRunner
 
 from manas_infer.cli import app
 from manas_infer.train import run as run_module
+from manas_infer.train import search as search_module
 from manas_infer.train.augment import Augmentation
 from manas_infer.train.derive import MAX_SKIP_CONNECTIONS
 from manas_infer.train.distributed import DistContext
 from manas_infer.train.genotype import Genotype
 from manas_infer.train.presets import PRESETS
-from manas_infer.train.run import RunConfig, Trainer, capped_cells, create_run
+from manas_infer.train.run import RunConfig, create_run
+from manas_infer.train.search import capped_cells
+from manas_infer.train.trainer import Trainer
 
 runner = CliRunner()
 
@@ -102,7 +105,7 @@ def test_skip_rule_stops_the_search_and_keeps_the_last_valid_architecture(
 ) -> None:
     config = _config(data_root, tmp_path / "cache", search_epochs=5, warmup_epochs=1)
     derived: list[Genotype] = []
-    real_derive = run_module.derive_genotype
+    real_derive = search_module.derive_genotype
 
     def skip_heavy_from_epoch_three(model, K):
         genotype = real_derive(model, K)
@@ -114,7 +117,7 @@ def test_skip_rule_stops_the_search_and_keeps_the_last_valid_architecture(
         derived.append(genotype)
         return genotype
 
-    monkeypatch.setattr(run_module, "derive_genotype", skip_heavy_from_epoch_three)
+    monkeypatch.setattr(search_module, "derive_genotype", skip_heavy_from_epoch_three)
     folder = create_run(tmp_path / "runs", config)
     Trainer(folder, config, DistContext(torch.device("cpu"))).run()
     state = torch.load(folder / "checkpoints" / "state.pt", weights_only=False)

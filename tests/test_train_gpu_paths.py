@@ -20,26 +20,16 @@ import torch.multiprocessing as mp
 from manas_infer.device import resolve_device
 from manas_infer.errors import InputProblem
 from manas_infer.train import distributed
+from manas_infer.train.device_policy import decide_checkpointing, search_needs_checkpoint
 from manas_infer.train.distributed import (
     DEFAULT_TIMEOUT,
     DistContext,
     init_distributed,
     shutdown,
 )
-from manas_infer.train.presets import (
-    PRESETS,
-    search_activation_bytes,
-    search_needs_checkpoint,
-    search_step_bytes,
-)
-from manas_infer.train.run import (
-    LossSum,
-    Trainer,
-    TrainingDiverged,
-    decide_checkpointing,
-    progress_for,
-    saved_rng_states,
-)
+from manas_infer.train.epochs import LossSum, progress_for
+from manas_infer.train.presets import PRESETS, search_activation_bytes, search_step_bytes
+from manas_infer.train.trainer import Trainer, TrainingDiverged, saved_rng_states
 
 GIB = 2**30
 CPU = torch.device("cpu")

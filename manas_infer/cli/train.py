@@ -5,15 +5,17 @@ from __future__ import annotations
 import time
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from manas_infer.cli.common import (
-    _device,
-    _dose_settings,
-)
-from manas_infer.console import console, progress, report_problem
+from manas_infer.cli.common import _device, _dose_settings
+from manas_infer.console import console, report_problem
 from manas_infer.errors import InputProblem
+
+if TYPE_CHECKING:
+    from manas_infer.train.distributed import DistContext
+    from manas_infer.train.run import RunConfig
 
 
 def prepare(
@@ -50,7 +52,7 @@ def prepare(
     data or to build the cache ahead of time."""
     from manas_infer.config import ConfigError, cache_root, resolve_data_root
     from manas_infer.train.dataset import DatasetSpec, SplitConfig
-    from manas_infer.train.prepare import prepare_dataset
+    from manas_infer.train.prepare import prepare_with_progress
 
     try:
         root = resolve_data_root(data)
@@ -62,22 +64,15 @@ def prepare(
         )
     except (ConfigError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    folder = (cache or cache_root()) / "datasets"
     started = time.perf_counter()
-    with progress() as bar:
-        task = bar.add_task(f"Simulating {dose:g} % dose", total=None)
-        try:
-            prepared, problems = prepare_dataset(
-                root,
-                spec,
-                folder,
-                device=_device(device),
-                on_total=lambda n: bar.update(task, total=n),
-                on_slice=lambda n: bar.advance(task, n),
-            )
-        except InputProblem as problem:
-            report_problem(problem, "refused")
-            raise typer.Exit(1) from None
+    try:
+        prepared, problems = prepare_with_progress(
+            root, spec, (cache or cache_root()) / "datasets", _device(device),
+            f"Simulating {dose:g} % dose",
+        )  # fmt: skip
+    except InputProblem as problem:
+        report_problem(problem, "refused")
+        raise typer.Exit(1) from None
     for problem in problems:
         report_problem(problem)
     counts = prepared.counts()
@@ -94,15 +89,6 @@ class PresetName(StrEnum):
     small = "small"
     cpu_long = "cpu-long"
     tiny = "tiny"
-
-
-def _gain_range(text: str) -> tuple[float, float]:
-    """'0.4,3.0' -> (0.4, 3.0); a ValueError naming the option otherwise."""
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--noise-gain takes LOW,HIGH (e.g. 0.4,3.0), got {text!r}") from None
-    return low, high
 
 
 class ArchName(StrEnum):
@@ -212,94 +198,25 @@ def train(
     `torchrun --nproc_per_node=N -m manas_infer train ...`."""
     from datetime import timedelta
 
-    from manas_infer.config import ConfigError, cache_root, resolve_data_root
-    from manas_infer.train.augment import Augmentation
+    from manas_infer.config import ConfigError
     from manas_infer.train.distributed import init_distributed, shutdown
-    from manas_infer.train.presets import PRESETS, check_depth_fits
-    from manas_infer.train.run import (
-        RunConfig,
-        Trainer,
-        TrainingDiverged,
-        create_run,
-        load_run_config,
-        moved_run,
-        weights_file,
-    )
+    from manas_infer.train.start import TrainOptions, new_run_config, resumed_run_config
 
     torch_device = _device(device)
     try:
         if resume is not None:
-            config = load_run_config(resume)
-            folder = resume
-            if data is not None or cache is not None:  # the run moved to another machine
-                config = moved_run(folder, config, data, cache)
+            config, folder = resumed_run_config(resume, data, cache), resume
         else:
-            if dose <= 0 or dose > 100:
-                raise ValueError(f"dose must be in (0, 100] percent, got {dose:g}")
-            name = preset.value
-            if name == "auto":
-                name = "paper" if torch_device.type == "cuda" else "small"
-                console.print(f"preset: {name} ({torch_device.type} found)")
-            chosen = PRESETS[name].with_overrides(
-                size=size,
-                search_epochs=search_epochs,
-                retrain_epochs=retrain_epochs,
-                batch=batch,
-                max_slices_per_patient=max_slices,
-                lr=lr,
-                checkpoint=checkpoint,
-            )
-            chosen.check()
-            given = None
-            start = None
-            if init_weights is not None:
-                from manas_infer.train.run import read_weights
-
-                start = read_weights(init_weights)
-                if genotype is not None:
-                    raise ValueError("--init-weights brings its own architecture; drop --genotype")
-                if start.get("arch", "manas") != arch.value:
-                    raise ValueError(
-                        f"{init_weights} holds a {start.get('arch', 'manas')} network, not "
-                        f"--arch {arch.value}"
-                    )
-            if genotype is not None and arch != ArchName.manas:
-                raise ValueError(
-                    f"--genotype is a MANAS architecture; --arch {arch.value} has none"
-                )
-            if genotype is not None:
-                from manas_infer.train.genotype import Genotype
-
-                given = Genotype.load(genotype)
-                check_depth_fits(given.D, chosen.size, str(genotype))
-            config = RunConfig(
-                preset=chosen,
-                dose=dose,
-                data_root=str(resolve_data_root(data).resolve()),
-                cache_root=str((cache or cache_root()).resolve()),
-                test_patients=tuple(test_patient),
-                seed=seed,
-                perceptual_weight=perceptual_weight,
-                ssim_weight=ssim_weight,
-                edge_weight=edge_weight,
-                vgg_weights=str(vgg_weights) if vgg_weights else None,
-                fresh_noise=fresh_noise,
-                n_views=views,
-                augment=Augmentation(noise=_gain_range(noise_gain)).to_dict() if augment else None,
-                genotype=given.to_json() if given is not None else start and start["genotype"],
-                init_weights=str(weights_file(init_weights)) if init_weights else None,
-                arch=arch.value,
-            )
-            _dose_settings(dose, views, "insertion")
-            if perceptual_weight > 0:
-                from manas_infer.train.perceptual import find_vgg16_weights
-
-                find_vgg16_weights(vgg_weights)
-            from manas_infer.train.run import dataset_spec
-            from manas_infer.train.split import check_data
-
-            check_data(Path(config.data_root), dataset_spec(config))
-            folder = None
+            options = TrainOptions(
+                dose=dose, data=data, cache=cache, arch=arch.value, preset=preset.value,
+                test_patients=tuple(test_patient), size=size, search_epochs=search_epochs,
+                retrain_epochs=retrain_epochs, batch=batch, max_slices=max_slices, lr=lr,
+                checkpoint=checkpoint, perceptual_weight=perceptual_weight,
+                vgg_weights=vgg_weights, ssim_weight=ssim_weight, edge_weight=edge_weight,
+                fresh_noise=fresh_noise, views=views, augment=augment, noise_gain=noise_gain,
+                genotype=genotype, init_weights=init_weights, seed=seed,
+            )  # fmt: skip
+            config, folder = new_run_config(options, torch_device), None
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
     except InputProblem as problem:
@@ -310,35 +227,38 @@ def train(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--device") from None
     try:
-        if folder is None:
-            folder = create_run(runs, config) if ctx.is_main else None
-            if ctx.active:
-                import torch.distributed as dist
-
-                shared = [str(folder) if folder else None]
-                dist.broadcast_object_list(shared, 0)
-                folder = Path(shared[0])
-        if ctx.is_main:
-            console.print(f"run directory: {folder}")
-        try:
-            metrics = Trainer(folder, config, ctx).run()
-        except InputProblem as problem:
-            report_problem(problem, "refused")
-            raise typer.Exit(1) from None
-        except TrainingDiverged as exc:
-            if ctx.is_main:
-                console.print(f"[red]stopped:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(1) from None
-        if ctx.is_main:
-            low, net = metrics["mean_sd"]["low_dose"], metrics["mean_sd"]["network"]
-            console.print(
-                f"[green]done[/green] {folder}: test PSNR {low['psnr'][0]:.2f} -> "
-                f"{net['psnr'][0]:.2f} dB, SSIM {low['ssim'][0]:.4f} -> {net['ssim'][0]:.4f} "
-                f"({metrics['test_slices']} slices, {metrics['parameters']:,} parameters, "
-                f"{metrics['gflops_512']:.1f} GFLOPs at 512x512)"
-            )
+        _run(ctx, folder, runs, config)
     finally:
         shutdown(ctx)
+
+
+def _run(ctx: DistContext, folder: Path | None, runs: Path, config: RunConfig) -> None:
+    """Train a new run (``folder`` None: created under ``runs``) or a resumed one; print
+    its directory and, at the end, its test result; exit code 1 when it is refused or
+    diverges."""
+    from manas_infer.train.start import new_run_folder
+    from manas_infer.train.trainer import Trainer, TrainingDiverged
+
+    folder = folder or new_run_folder(ctx, runs, config)
+    if ctx.is_main:
+        console.print(f"run directory: {folder}")
+    try:
+        metrics = Trainer(folder, config, ctx).run()
+    except InputProblem as problem:
+        report_problem(problem, "refused")
+        raise typer.Exit(1) from None
+    except TrainingDiverged as exc:
+        if ctx.is_main:
+            console.print(f"[red]stopped:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if ctx.is_main:
+        low, net = metrics["mean_sd"]["low_dose"], metrics["mean_sd"]["network"]
+        console.print(
+            f"[green]done[/green] {folder}: test PSNR {low['psnr'][0]:.2f} -> "
+            f"{net['psnr'][0]:.2f} dB, SSIM {low['ssim'][0]:.4f} -> {net['ssim'][0]:.4f} "
+            f"({metrics['test_slices']} slices, {metrics['parameters']:,} parameters, "
+            f"{metrics['gflops_512']:.1f} GFLOPs at 512x512)"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from manas_infer.train import device_policy
 from manas_infer.train.supernet import SuperNet
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -31,9 +32,9 @@ class Architect:
 
     def step(self, low: Tensor, normal: Tensor, loss_fn: LossFn, autocast: bool = False) -> Tensor:
         """One gradient step of the architecture parameters on an arch-data batch; the loss
-        comes back as a detached device tensor (no host sync per step: run.py sums it)."""
+        comes back as a detached device tensor (no host sync per step: epochs.py sums it)."""
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(low.device.type, torch.bfloat16, enabled=autocast):
+        with device_policy.autocast(low.device.type, enabled=autocast):
             loss = loss_fn(self.model(low), normal)
         loss.backward()
         self.optimizer.step()
@@ -58,7 +59,7 @@ def search_step(
     """
     low, normal = train_batch
     weight_optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(low.device.type, torch.bfloat16, enabled=autocast):
+    with device_policy.autocast(low.device.type, enabled=autocast):
         loss = loss_fn(model(low), normal)
     loss.backward()
     weight_optimizer.step()

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from manas_infer.device import check_cuda_index
 
@@ -97,9 +98,9 @@ def broadcast_flag(ctx: DistContext, flag: bool) -> bool:
     """The main process's decision (e.g. stop the search), the same on every process."""
     if not ctx.active:
         return flag
-    t = torch.tensor([int(flag)], device=ctx.device)
-    dist.broadcast(t, 0)
-    return bool(t.item())
+    shared = torch.tensor([int(flag)], device=ctx.device)
+    dist.broadcast(shared, 0)
+    return bool(shared.item())
 
 
 def any_flag(ctx: DistContext, flag: bool) -> bool:
@@ -107,9 +108,19 @@ def any_flag(ctx: DistContext, flag: bool) -> bool:
     process saw a non-finite loss): a decision all processes must take together."""
     if not ctx.active:
         return flag
-    t = torch.tensor([int(flag)], device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    highest = torch.tensor([int(flag)], device=ctx.device)
+    dist.all_reduce(highest, op=dist.ReduceOp.MAX)
+    return bool(highest.item())
+
+
+def share_from_main(ctx: DistContext, obj: object) -> object:
+    """The main process's ``obj`` on every process (picklable; e.g. the run directory it
+    created). A single process gets ``obj``. Collective: every process must call it."""
+    if not ctx.active:
+        return obj
+    shared = [obj]
+    dist.broadcast_object_list(shared, 0)
+    return shared[0]
 
 
 def gather_to_main(ctx: DistContext, obj: object) -> list | None:
@@ -120,3 +131,12 @@ def gather_to_main(ctx: DistContext, obj: object) -> list | None:
     found: list | None = [None] * ctx.world if ctx.is_main else None
     dist.gather_object(obj, found, dst=0)
     return found
+
+
+def data_parallel(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel under torchrun, so that its backward averages
+    the gradients of every process; the model itself in a single process."""
+    if not ctx.active:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)

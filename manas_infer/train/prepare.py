@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from manas_infer import __version__
+from manas_infer.console import progress
 from manas_infer.data.series import CTSeries
 from manas_infer.data.volume import CTVolume
 from manas_infer.errors import InputProblem
@@ -39,7 +40,7 @@ Planned = tuple[str, Source, np.ndarray]
 
 
 def _cache_key(sources: list[Source], spec: DatasetSpec) -> str:
-    described = sorted((s.series_uid, s.n_slices) for s in sources)
+    described = sorted((source.series_uid, source.n_slices) for source in sources)
     payload = json.dumps(
         {"format": CACHE_FORMAT, "sources": described, "spec": spec.to_dict()}, sort_keys=True
     )
@@ -57,7 +58,7 @@ def _plan(
     plan: list[Planned] = []
     for patient in train_patients + test_patients:
         role = "test" if patient in test_patients else "train"
-        n_total = sum(s.n_slices for s in by_patient[patient])
+        n_total = sum(source.n_slices for source in by_patient[patient])
         keep = set(evenly_spaced(n_total, max_slices).tolist())
         offset = 0
         for source in by_patient[patient]:
@@ -137,7 +138,7 @@ class _Pairs:
             self.low[row] = training_views(noisy, spec.size, view)[0]
             self.corners[row] = corner
             self.native_index[row] = len(self.natives)
-            corner_list = [int(v) for v in corner] if spec.patch else None
+            corner_list = [int(value) for value in corner] if spec.patch else None
             self.records.append({**record, "corner": corner_list})
             self.roles.append(role)
         self.spacing[first : len(self.records)] = spacing_mm
@@ -187,25 +188,25 @@ class _Simulation:
             chosen, volume = _decode_slices(source, chosen, problems)
             if on_slice is not None and len(chosen) < planned_count:
                 on_slice(planned_count - len(chosen))
-        spec, count = self.spec, self.spec.patches_per_slice if self.spec.patch else 1
+        spec, patches = self.spec, self.spec.patches_per_slice if self.spec.patch else 1
         for start in range(0, len(chosen), self.batch):
             square = pad_to_square(torch.from_numpy(volume[start : start + self.batch]))
             noisy = self.simulator.simulate(
                 square.to(self.simulator.device), source.pixel_spacing[0], generator=self.generator
             ).cpu()
-            for b, i in enumerate(chosen[start : start + self.batch]):
+            for slot, index in enumerate(chosen[start : start + self.batch]):
                 if spec.patch:
-                    where = patch_corners(square[b].numpy(), spec.size, count, self.rng)
+                    where = patch_corners(square[slot].numpy(), spec.size, patches, self.rng)
                 else:
                     where = np.zeros((1, 2), np.int64)
                 record = {
                     "patient": source.patient_hash,
                     "series_uid": source.series_uid,
-                    "slice_uid": _slice_uid(source, int(i)),
-                    "source_index": int(i),
+                    "slice_uid": _slice_uid(source, int(index)),
+                    "source_index": int(index),
                 }
-                pairs.add_slice(square[b : b + 1], noisy[b : b + 1], where, spec, record, role,
-                                source.pixel_spacing[0])  # fmt: skip
+                pairs.add_slice(square[slot : slot + 1], noisy[slot : slot + 1], where, spec,
+                                record, role, source.pixel_spacing[0])  # fmt: skip
             if on_slice is not None:
                 on_slice(len(square))
 
@@ -305,3 +306,17 @@ def prepare_dataset(
     _write_cache(folder, pairs, manifest, spec.patch)
     # Round-trip through JSON so a fresh manifest equals a reloaded one (tuples -> lists).
     return PreparedDataset(folder, json.loads(json.dumps(manifest)), reused=False), problems
+
+
+def prepare_with_progress(
+    root: Path, spec: DatasetSpec, cache_root: Path, device: torch.device | str, title: str
+) -> tuple[PreparedDataset, list[InputProblem]]:
+    """``prepare_dataset`` under a progress bar named ``title`` (counting the slices once
+    they are known)."""
+    with progress() as bar:
+        task = bar.add_task(title, total=None)
+        return prepare_dataset(
+            root, spec, cache_root, device=device,
+            on_total=lambda total: bar.update(task, total=total),
+            on_slice=lambda count: bar.advance(task, count),
+        )  # fmt: skip

@@ -42,7 +42,7 @@ class Preset:
     patch: bool = False  # size x size native-resolution patches instead of resized slices
     patches_per_slice: int = 1
     # Activation checkpointing in the super-net (memory for time): True or False forces it;
-    # None decides when the search starts from the GPU's free memory (search_needs_checkpoint).
+    # None decides when the search starts from the GPU's free memory (train/device_policy.py).
     checkpoint: bool | None = None
 
     def check(self) -> None:
@@ -60,7 +60,9 @@ class Preset:
 
     def with_overrides(self, **changes: object) -> Preset:
         """A copy with the given fields changed (None values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return replace(
+            self, **{name: value for name, value in changes.items() if value is not None}
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,10 +124,3 @@ def search_step_bytes(preset: Preset, n_parameters: int) -> int:
     tensors), and 20 bytes per float32 parameter: the weight, its gradient, Adam's two
     moments and DistributedDataParallel's gradient bucket."""
     return int(1.05 * search_activation_bytes(preset)) + 20 * n_parameters
-
-
-def search_needs_checkpoint(needed_bytes: int, free_bytes: int, headroom: float = 0.85) -> bool:
-    """Checkpoint when a plain search step (``needed_bytes``) would use more than
-    ``headroom`` of the memory free for it: the rest is left to cuDNN workspaces, the
-    allocator's fragmentation and the estimate's error."""
-    return needed_bytes > headroom * free_bytes
