@@ -85,11 +85,11 @@ def augment_pairs(
 ) -> tuple[Tensor, Tensor]:
     """low, normal: [B, 1, H, W] HU (square patches) -> augmented copies, same shape.
     ``generator`` is a CPU generator, so a run's draws do not depend on the device."""
-    b = normal.shape[0]
-    scale = _log_uniform(aug.contrast, b, generator).to(normal)[:, None, None, None]
-    gain = _log_uniform(aug.noise, b, generator).to(normal)[:, None, None, None]
+    count = normal.shape[0]
+    scale = _log_uniform(aug.contrast, count, generator).to(normal)[:, None, None, None]
+    gain = _log_uniform(aug.noise, count, generator).to(normal)[:, None, None, None]
     amount = aug.sharpen[0] + (aug.sharpen[1] - aug.sharpen[0]) * torch.rand(
-        b, generator=generator, dtype=torch.float64
+        count, generator=generator, dtype=torch.float64
     )
     amount = amount.to(normal)[:, None, None, None]
     noise = low - normal
@@ -98,27 +98,35 @@ def augment_pairs(
     normal = AIR_HU + scale * (normal - AIR_HU)
     low = normal + gain * noise
     if aug.orientation:
-        turns = torch.randint(0, 4, (b,), generator=generator).tolist()
-        flips = torch.randint(0, 2, (b,), generator=generator).tolist()
-        low = torch.stack([_orient(x, k, f) for x, k, f in zip(low, turns, flips, strict=True)])
+        turns = torch.randint(0, 4, (count,), generator=generator).tolist()
+        flips = torch.randint(0, 2, (count,), generator=generator).tolist()
+        low = torch.stack(
+            [
+                _orient(image, turn, flip)
+                for image, turn, flip in zip(low, turns, flips, strict=True)
+            ]
+        )
         normal = torch.stack(
-            [_orient(x, k, f) for x, k, f in zip(normal, turns, flips, strict=True)]
+            [
+                _orient(image, turn, flip)
+                for image, turn, flip in zip(normal, turns, flips, strict=True)
+            ]
         )
     return low.clamp(HU_MIN, HU_MAX), normal.clamp(HU_MIN, HU_MAX)
 
 
-def _orient(x: Tensor, turns: int, flip: int) -> Tensor:
-    x = torch.rot90(x, turns, dims=(-2, -1))
-    return torch.flip(x, dims=(-1,)) if flip else x
+def _orient(image: Tensor, turns: int, flip: int) -> Tensor:
+    image = torch.rot90(image, turns, dims=(-2, -1))
+    return torch.flip(image, dims=(-1,)) if flip else image
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     """[B, 1, H, W] -> the same, blurred by a separable Gaussian with reflected borders
     (a few lines of conv2d; no image library works on batched tensors on the device)."""
     radius = max(1, round(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1))
-    return F.conv2d(x, k.view(1, 1, -1, 1))
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))

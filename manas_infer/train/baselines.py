@@ -38,10 +38,13 @@ class REDCNN(nn.Module):
 
     def __init__(self, channels: int = 96, kernel: int = 5) -> None:
         super().__init__()
-        c, k = channels, kernel
-        self.encoder = nn.ModuleList([nn.Conv2d(1, c, k)] + [nn.Conv2d(c, c, k) for _ in range(4)])
+        self.encoder = nn.ModuleList(
+            [nn.Conv2d(1, channels, kernel)]
+            + [nn.Conv2d(channels, channels, kernel) for _ in range(4)]
+        )
         self.decoder = nn.ModuleList(
-            [nn.ConvTranspose2d(c, c, k) for _ in range(4)] + [nn.ConvTranspose2d(c, 1, k)]
+            [nn.ConvTranspose2d(channels, channels, kernel) for _ in range(4)]
+            + [nn.ConvTranspose2d(channels, 1, kernel)]
         )
         self.relu = nn.ReLU()
         _initialise(self, self.decoder[-1])

@@ -125,7 +125,10 @@ def patch_corners(normal: np.ndarray, size: int, count: int, rng: np.random.Gene
         raise ValueError(f"a {size}-pixel patch does not fit a {side}-pixel slice")
     candidates = rng.integers(0, side - size + 1, size=(32, 2))
     tissue = np.array(
-        [float((normal[r : r + size, c : c + size] > -500).mean()) for r, c in candidates]
+        [
+            float((normal[row : row + size, col : col + size] > -500).mean())
+            for row, col in candidates
+        ]
     )
     on_body = np.flatnonzero(tissue >= 1 / 3)
     if len(on_body) >= count:
@@ -139,7 +142,10 @@ def training_views(square: torch.Tensor, size: int, corners: torch.Tensor | None
     if corners is None:
         return to_training_size(square, size)[0]
     return torch.stack(
-        [square[b, r : r + size, c : c + size] for b, (r, c) in enumerate(corners.tolist())]
+        [
+            square[index, row : row + size, col : col + size]
+            for index, (row, col) in enumerate(corners.tolist())
+        ]
     )
 
 

@@ -32,8 +32,10 @@ Path = tuple[Block, ...]
 def derive_cells(alphas: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, ...]]:
     """{cell type: op per edge}, the op with the largest alpha on each edge."""
     return {
-        t: tuple(PRIMITIVES[i] for i in alphas[t].detach().argmax(dim=-1).tolist())
-        for t in CELL_TYPES
+        cell_type: tuple(
+            PRIMITIVES[op] for op in alphas[cell_type].detach().argmax(dim=-1).tolist()
+        )
+        for cell_type in CELL_TYPES
     }
 
 
@@ -43,9 +45,9 @@ def count_skip_connections(cell_ops: Sequence[str]) -> int:
 
 
 def _neg_log_softmax(logits: Mapping[str, float]) -> dict[str, float]:
-    m = max(logits.values())
-    lse = m + math.log(sum(math.exp(v - m) for v in logits.values()))
-    return {t: lse - v for t, v in logits.items()}
+    largest = max(logits.values())
+    log_sum = largest + math.log(sum(math.exp(logit - largest) for logit in logits.values()))
+    return {name: log_sum - logit for name, logit in logits.items()}
 
 
 def grid_graph(betas_by_block: Mapping[Block, Mapping[str, float]], L: int, D: int) -> nx.DiGraph:
@@ -54,7 +56,7 @@ def grid_graph(betas_by_block: Mapping[Block, Mapping[str, float]], L: int, D: i
     ``betas_by_block[block]`` holds the raw beta logits {cell type: logit} of that block's
     sources, exactly the types ``grid(L, D)`` lists. The head edge weighs 0.
     """
-    G = nx.DiGraph()
+    graph = nx.DiGraph()
     for block, sources in grid(L, D).items():
         logits = betas_by_block.get(block)
         if logits is None or set(logits) != set(sources):
@@ -62,11 +64,11 @@ def grid_graph(betas_by_block: Mapping[Block, Mapping[str, float]], L: int, D: i
                 f"betas for block {block} must cover its sources {sorted(sources)}, "
                 f"got {None if logits is None else sorted(logits)}"
             )
-        cost = _neg_log_softmax({t: float(logits[t]) for t in sources})
-        for t, src in sources.items():
-            G.add_edge(src, block, weight=cost[t], cell=t)
-    G.add_edge((L, 1), head_node(L), weight=0.0, cell=None)
-    return G
+        cost = _neg_log_softmax({cell_type: float(logits[cell_type]) for cell_type in sources})
+        for cell_type, source in sources.items():
+            graph.add_edge(source, block, weight=cost[cell_type], cell=cell_type)
+    graph.add_edge((L, 1), head_node(L), weight=0.0, cell=None)
+    return graph
 
 
 def k_shortest_paths(
@@ -75,15 +77,15 @@ def k_shortest_paths(
     """The K lightest stem -> head paths, lightest first (fewer if the grid has fewer)."""
     if K < 1:
         raise ValueError(f"K must be >= 1, got {K}")
-    G = grid_graph(betas_by_block, L, D)
-    paths = nx.shortest_simple_paths(G, STEM, head_node(L), weight="weight")
-    return [tuple(p) for p in islice(paths, K)]
+    graph = grid_graph(betas_by_block, L, D)
+    paths = nx.shortest_simple_paths(graph, STEM, head_node(L), weight="weight")
+    return [tuple(path) for path in islice(paths, K)]
 
 
 def derive_genotype(supernet: SuperNet, K: int = 5) -> Genotype:
     """The derived architecture: argmax cells plus the union of the K shortest paths."""
     paths = k_shortest_paths(supernet.betas_by_block(), supernet.L, supernet.D, K)
-    edges = {(a, b) for p in paths for a, b in pairwise(p)}
+    edges = {edge for path in paths for edge in pairwise(path)}
     return Genotype(
         C=supernet.C,
         L=supernet.L,

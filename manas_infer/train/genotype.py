@@ -65,8 +65,8 @@ class Genotype:
 
     def __post_init__(self) -> None:
         # Normalise containers so equality and hashing of the parts do not depend on input types.
-        object.__setattr__(self, "cells", {t: tuple(self.cells[t]) for t in self.cells})
-        edges = tuple(sorted({(tuple(a), tuple(b)) for a, b in self.edges}))
+        object.__setattr__(self, "cells", {name: tuple(ops) for name, ops in self.cells.items()})
+        edges = tuple(sorted({(tuple(source), tuple(target)) for source, target in self.edges}))
         if len(edges) != len(self.edges):
             raise ValueError("genotype lists a grid edge twice")
         object.__setattr__(self, "edges", edges)
@@ -79,20 +79,21 @@ class Genotype:
     def to_json(self) -> str:
         """Indented JSON with one line per cell edge and per grid edge."""
 
-        def node(b: Block) -> Any:
-            return "stem" if b == STEM else "head" if b == self.head else list(b)
+        def node(block: Block) -> Any:
+            return "stem" if block == STEM else "head" if block == self.head else list(block)
 
         cells = ",\n".join(
-            f'    "{t}": [\n'
+            f'    "{cell_type}": [\n'
             + ",\n".join(
                 "      " + json.dumps({"from": j, "to": i, "op": op})
-                for (j, i), op in zip(cell_edges(self.P), self.cells[t], strict=True)
+                for (j, i), op in zip(cell_edges(self.P), self.cells[cell_type], strict=True)
             )
             + "\n    ]"
-            for t in CELL_TYPES
+            for cell_type in CELL_TYPES
         )
         edges = ",\n".join(
-            "    " + json.dumps({"from": node(a), "to": node(b)}) for a, b in self.edges
+            "    " + json.dumps({"from": node(source), "to": node(target)})
+            for source, target in self.edges
         )
         return (
             "{\n"
@@ -109,8 +110,8 @@ class Genotype:
         """Parse and validate; every problem is a ValueError naming what is wrong."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"genotype is not valid JSON: {e}") from e
+        except json.JSONDecodeError as error:
+            raise ValueError(f"genotype is not valid JSON: {error}") from error
         if not isinstance(data, dict):
             raise ValueError("genotype JSON must be an object")
         if data.get("format", FORMAT) != FORMAT:
@@ -126,17 +127,20 @@ class Genotype:
         unknown = sorted(set(data) - _FIELDS)
         if unknown:
             raise ValueError(f"genotype JSON has unknown field(s) {unknown}")
-        for k in ("C", "L", "D", "P"):
-            if not isinstance(data[k], int) or isinstance(data[k], bool):
-                raise ValueError(f"genotype {k} must be an integer, got {data[k]!r}")
+        for name in ("C", "L", "D", "P"):
+            if not isinstance(data[name], int) or isinstance(data[name], bool):
+                raise ValueError(f"genotype {name} must be an integer, got {data[name]!r}")
         L, P = data["L"], data["P"]
         try:
-            cells = {t: _parse_cell(t, entries, P) for t, entries in data["cells"].items()}
+            cells = {
+                cell_type: _parse_cell(cell_type, entries, P)
+                for cell_type, entries in data["cells"].items()
+            }
             edges = tuple(
-                (_parse_node(e["from"], L), _parse_node(e["to"], L)) for e in data["edges"]
+                (_parse_node(edge["from"], L), _parse_node(edge["to"], L)) for edge in data["edges"]
             )
-        except (KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"malformed genotype JSON: {e!r}") from e
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"malformed genotype JSON: {error!r}") from error
         return cls(
             version=data["version"], C=data["C"], L=L, D=data["D"], P=P, cells=cells, edges=edges
         )
@@ -148,8 +152,8 @@ class Genotype:
     def load(cls, path: str | Path) -> Genotype:
         try:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from e
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
 
 
 def _parse_node(value: Any, L: int) -> Block:
@@ -157,42 +161,46 @@ def _parse_node(value: Any, L: int) -> Block:
         return STEM
     if value == "head":
         return head_node(L)
-    if isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value):
+    if isinstance(value, list) and len(value) == 2 and all(type(part) is int for part in value):
         return (value[0], value[1])
     raise ValueError(f"a grid node is 'stem', 'head' or [layer, depth], got {value!r}")
 
 
 def _parse_cell(cell_type: str, entries: Sequence[Mapping[str, Any]], P: int) -> tuple[str, ...]:
     """Ops in ``cell_edges(P)`` order; entries may come in any order, each edge once."""
-    by_edge = {(e["from"], e["to"]): e["op"] for e in entries}
+    by_edge = {(entry["from"], entry["to"]): entry["op"] for entry in entries}
     expected = cell_edges(P)
     if len(entries) != len(expected) or set(by_edge) != set(expected):
         raise ValueError(
             f"cell {cell_type!r} must list each edge of a {P}-node cell once: {expected}"
         )
-    return tuple(by_edge[e] for e in expected)
+    return tuple(by_edge[edge] for edge in expected)
 
 
-def _validate(g: Genotype) -> None:
-    if g.version != GENOTYPE_VERSION:
+def _validate(genotype: Genotype) -> None:
+    if genotype.version != GENOTYPE_VERSION:
         raise ValueError(
-            f"unsupported genotype version {g.version!r}; this build reads {GENOTYPE_VERSION}"
+            f"unsupported genotype version {genotype.version!r}; "
+            f"this build reads {GENOTYPE_VERSION}"
         )
     for name in ("C", "P"):
-        if getattr(g, name) < 1:
-            raise ValueError(f"genotype {name} must be >= 1, got {getattr(g, name)}")
-    table = grid(g.L, g.D)  # also checks L and D
-    if set(g.cells) != set(CELL_TYPES):
-        raise ValueError(f"genotype cells must be exactly {CELL_TYPES}, got {sorted(g.cells)}")
-    for t, ops in g.cells.items():
-        if len(ops) != len(cell_edges(g.P)):
+        if getattr(genotype, name) < 1:
+            raise ValueError(f"genotype {name} must be >= 1, got {getattr(genotype, name)}")
+    table = grid(genotype.L, genotype.D)  # also checks L and D
+    if set(genotype.cells) != set(CELL_TYPES):
+        raise ValueError(
+            f"genotype cells must be exactly {CELL_TYPES}, got {sorted(genotype.cells)}"
+        )
+    for cell_type, ops in genotype.cells.items():
+        if len(ops) != len(cell_edges(genotype.P)):
             raise ValueError(
-                f"cell {t!r} has {len(ops)} ops; a P={g.P} cell has {len(cell_edges(g.P))} edges"
+                f"cell {cell_type!r} has {len(ops)} ops; a P={genotype.P} cell has "
+                f"{len(cell_edges(genotype.P))} edges"
             )
         unknown = [op for op in ops if op not in PRIMITIVES]
         if unknown:
-            raise ValueError(f"cell {t!r}: unknown op(s) {unknown}; known: {PRIMITIVES}")
-    _check_network(g.edges, table, g.head)
+            raise ValueError(f"cell {cell_type!r}: unknown op(s) {unknown}; known: {PRIMITIVES}")
+    _check_network(genotype.edges, table, genotype.head)
 
 
 def _check_network(
@@ -202,19 +210,20 @@ def _check_network(
     if not edges:
         raise ValueError("genotype keeps no grid edges")
     last = (head[0] - 1, 1)
-    for a, b in edges:
-        if not ((b == head and a == last) or (b in table and a in table[b].values())):
-            raise ValueError(f"{a} -> {b} is not an edge of the grid")
+    for source, target in edges:
+        on_grid = target in table and source in table[target].values()
+        if not ((target == head and source == last) or on_grid):
+            raise ValueError(f"{source} -> {target} is not an edge of the grid")
     # Edges go one layer forward, so one sweep each way in layer order finds reachability.
     from_stem, to_head = {STEM}, {head}
-    for a, b in edges:
-        if a in from_stem:
-            from_stem.add(b)
-    for a, b in reversed(edges):
-        if b in to_head:
-            to_head.add(a)
+    for source, target in edges:
+        if source in from_stem:
+            from_stem.add(target)
+    for source, target in reversed(edges):
+        if target in to_head:
+            to_head.add(source)
     if head not in from_stem:
         raise ValueError("genotype edges do not connect the stem to the head")
-    dangling = sorted({n for e in edges for n in e} - (from_stem & to_head))
+    dangling = sorted({block for edge in edges for block in edge} - (from_stem & to_head))
     if dangling:
         raise ValueError(f"grid nodes {dangling} are not on a stem -> head path of kept edges")

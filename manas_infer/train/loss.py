@@ -68,14 +68,14 @@ class DenoiseLoss(nn.Module):
 
     def _structural(self, pred: Tensor, target: Tensor) -> Tensor:
         """1 - mean SSIM in the soft-tissue window."""
-        window = [window_normalized(x.float(), SOFT_TISSUE_WINDOW) for x in (pred, target)]
+        window = [window_normalized(image.float(), SOFT_TISSUE_WINDOW) for image in (pred, target)]
         return 1.0 - ssim(*window).mean()
 
     def _edges(self, pred: Tensor, target: Tensor) -> Tensor:
         """MSE of the finite differences along both axes."""
-        p, t = pred.float(), target.float()
-        dy = F.mse_loss(p.diff(dim=-2), t.diff(dim=-2))
-        dx = F.mse_loss(p.diff(dim=-1), t.diff(dim=-1))
+        prediction, reference = pred.float(), target.float()
+        dy = F.mse_loss(prediction.diff(dim=-2), reference.diff(dim=-2))
+        dx = F.mse_loss(prediction.diff(dim=-1), reference.diff(dim=-1))
         return dx + dy
 
     @torch.no_grad()

@@ -30,23 +30,24 @@ class DerivedNetwork(nn.Module):
 
     def __init__(self, genotype: Genotype) -> None:
         super().__init__()
-        g = self.genotype = genotype
-        self.D = g.D
-        self.size_multiple = 2 ** (g.D - 1)
-        self.stem = nn.Conv2d(1, g.C, 3, padding=1)
+        self.genotype = genotype
+        self.D = genotype.D
+        self.size_multiple = 2 ** (genotype.D - 1)
+        self.stem = nn.Conv2d(1, genotype.C, 3, padding=1)
         self.cells = nn.ModuleDict()
         inputs: dict[Block, list[tuple[str, Block]]] = {}
-        for src, dst in g.edges:
-            if dst == g.head:
+        for src, dst in genotype.edges:
+            if dst == genotype.head:
                 continue
-            t = cell_type_between(src, dst)
-            key = f"{block_key(dst)}_{t}"
-            self.cells[key] = DerivedCell(t, depth_width(g.C, dst[1]), g.cells[t])
+            cell_type = cell_type_between(src, dst)
+            key = f"{block_key(dst)}_{cell_type}"
+            width = depth_width(genotype.C, dst[1])
+            self.cells[key] = DerivedCell(cell_type, width, genotype.cells[cell_type])
             inputs.setdefault(dst, []).append((key, src))
         # (block, [(cell key, source block)]) in layer order: a fixed, tensor-free schedule.
         self._plan: list[tuple[Block, list[tuple[str, Block]]]] = sorted(inputs.items())
-        self._last: Block = (g.L, 1)
-        self.head = nn.Conv2d(g.C, 1, 3, padding=1)
+        self._last: Block = (genotype.L, 1)
+        self.head = nn.Conv2d(genotype.C, 1, 3, padding=1)
         initialise(self, self.head)  # He init, small head: see train/init.py
 
     def forward(self, x: Tensor) -> Tensor:

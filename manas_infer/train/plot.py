@@ -50,25 +50,27 @@ class GenotypeArtists:
 
 def draw_genotype(genotype: Genotype) -> tuple[Figure, GenotypeArtists]:
     """The genotype figure and its artists, unsaved (``plot_genotype`` writes it)."""
-    g = genotype
-    width = max(13.0, 1.0 + 0.75 * (g.L + 2))
-    fig = Figure(figsize=(width, 3.6 + 0.55 * g.D + 0.25 * g.P), dpi=DPI, layout="constrained")
-    panels = fig.subfigures(2, 1, height_ratios=[1.1 + 0.55 * g.D, 1.2 + 0.4 * g.P])
+    width = max(13.0, 1.0 + 0.75 * (genotype.L + 2))
+    fig = Figure(
+        figsize=(width, 3.6 + 0.55 * genotype.D + 0.25 * genotype.P), dpi=DPI, layout="constrained"
+    )
+    panels = fig.subfigures(2, 1, height_ratios=[1.1 + 0.55 * genotype.D, 1.2 + 0.4 * genotype.P])
     drawn = GenotypeArtists()
-    _draw_grid(panels[0].add_subplot(), g, drawn)
+    _draw_grid(panels[0].add_subplot(), genotype, drawn)
     cell_axes = panels[1].subplots(1, len(CELL_TYPES))
-    for ax, t in zip(cell_axes, CELL_TYPES, strict=True):
-        _draw_cell(ax, g, t, drawn)
+    for ax, cell_type in zip(cell_axes, CELL_TYPES, strict=True):
+        _draw_cell(ax, genotype, cell_type, drawn)
     panels[1].supxlabel(
         "cell level: N0 = the cell input at the block's resolution and width (expand: stride-2 "
         "3x3 conv from depth d-1; transfer: 1x1 conv; compress: 1x1 conv + 2x upsampling from "
-        f"d+1);\neach node sums its incoming edges; output = 1x1 conv over concat(N1..N{g.P}); "
-        "dashed = skip_connect",
+        f"d+1);\neach node sums its incoming edges; output = 1x1 conv over "
+        f"concat(N1..N{genotype.P}); dashed = skip_connect",
         fontsize=9,
         color="#444444",
     )
     fig.suptitle(
-        f"MANAS genotype  C={g.C}  L={g.L}  D={g.D}  P={g.P}  ({len(g.edges)} kept grid edges)",
+        f"MANAS genotype  C={genotype.C}  L={genotype.L}  D={genotype.D}  P={genotype.P}  "
+        f"({len(genotype.edges)} kept grid edges)",
         fontsize=12,
     )
     return fig, drawn
@@ -85,27 +87,38 @@ def _grid_xy(node: Block) -> tuple[float, float]:
     return float(layer), float(depth)
 
 
-def _draw_grid(ax: Axes, g: Genotype, drawn: GenotypeArtists) -> None:
-    table = grid(g.L, g.D)
-    head = g.head
-    last = (g.L, 1)
-    # The search space, faint: every block and every edge the super-net had.
+def _draw_grid(ax: Axes, genotype: Genotype, drawn: GenotypeArtists) -> None:
+    """The network level: the search space faintly, the kept edges over it, the axes."""
+    _draw_search_space(ax, genotype)
+    _draw_kept_edges(ax, genotype, drawn)
+    _label_grid(ax, genotype)
+
+
+def _draw_search_space(ax: Axes, genotype: Genotype) -> None:
+    """Every block and every edge the super-net had, faint."""
+    table = grid(genotype.L, genotype.D)
     for block, sources in table.items():
-        for src in sources.values():
-            (x0, y0), (x1, y1) = _grid_xy(src), _grid_xy(block)
+        for source in sources.values():
+            (x0, y0), (x1, y1) = _grid_xy(source), _grid_xy(block)
             ax.plot([x0, x1], [y0, y1], color=FAINT, lw=0.8, zorder=1)
-    ax.plot(*zip(_grid_xy(last), _grid_xy(head), strict=True), color=FAINT, lw=0.8, zorder=1)
-    xs, ys = zip(*(_grid_xy(b) for b in table), strict=True)
+    last = (genotype.L, 1)
+    ax.plot(*zip(_grid_xy(last), _grid_xy(genotype.head), strict=True), color=FAINT, lw=0.8,
+            zorder=1)  # fmt: skip
+    xs, ys = zip(*(_grid_xy(block) for block in table), strict=True)
     ax.scatter(xs, ys, s=28, color="white", edgecolor=FAINT, zorder=2)
 
-    kept_nodes = {n for e in g.edges for n in e} - {STEM, head}
-    for src, dst in g.edges:
-        t = None if dst == head else cell_type_between(src, dst)
-        colour = HEAD_COLOUR if t is None else CELL_COLOURS[t]
-        drawn.kept_edges[(src, dst)] = ax.annotate(
+
+def _draw_kept_edges(ax: Axes, genotype: Genotype, drawn: GenotypeArtists) -> None:
+    """The kept path: each edge coloured by the cell type that computes it, the kept
+    blocks dark, the stem and the head named."""
+    head = genotype.head
+    for source, target in genotype.edges:
+        cell_type = None if target == head else cell_type_between(source, target)
+        colour = HEAD_COLOUR if cell_type is None else CELL_COLOURS[cell_type]
+        drawn.kept_edges[(source, target)] = ax.annotate(
             "",
-            xy=_grid_xy(dst),
-            xytext=_grid_xy(src),
+            xy=_grid_xy(target),
+            xytext=_grid_xy(source),
             arrowprops={
                 "arrowstyle": "-|>",
                 "color": colour,
@@ -116,11 +129,12 @@ def _draw_grid(ax: Axes, g: Genotype, drawn: GenotypeArtists) -> None:
             },
             zorder=3,
         )
-    if kept_nodes:
-        kx, ky = zip(*(_grid_xy(b) for b in sorted(kept_nodes)), strict=True)
-        ax.scatter(kx, ky, s=46, color="#222222", zorder=4)
-    for node, name in ((STEM, "stem"), (head, "head")):
-        x, y = _grid_xy(node)
+    kept_blocks = {block for edge in genotype.edges for block in edge} - {STEM, head}
+    if kept_blocks:
+        kept_x, kept_y = zip(*(_grid_xy(block) for block in sorted(kept_blocks)), strict=True)
+        ax.scatter(kept_x, kept_y, s=46, color="#222222", zorder=4)
+    for block, name in ((STEM, "stem"), (head, "head")):
+        x, y = _grid_xy(block)
         ax.scatter([x], [y], s=150, marker="s", color="#222222", zorder=4)
         ax.annotate(
             name,
@@ -133,19 +147,29 @@ def _draw_grid(ax: Axes, g: Genotype, drawn: GenotypeArtists) -> None:
             weight="bold",
         )
 
-    ax.set_xticks(range(g.L + 2), ["stem", *map(str, range(1, g.L + 1)), "head"])
+
+def _label_grid(ax: Axes, genotype: Genotype) -> None:
+    """Layers and depths on the axes (depth 1 at the top, as in the paper), the legend."""
+    layers, depths = genotype.L, genotype.D
+    ax.set_xticks(range(layers + 2), ["stem", *map(str, range(1, layers + 1)), "head"])
     ax.set_yticks(
-        range(1, g.D + 1),
-        [f"{d}  (1/{2 ** (d - 1)}, {depth_width(g.C, d)} ch)" for d in range(1, g.D + 1)],
+        range(1, depths + 1),
+        [
+            f"{depth}  (1/{2 ** (depth - 1)}, {depth_width(genotype.C, depth)} ch)"
+            for depth in range(1, depths + 1)
+        ],
     )
-    ax.set_xlim(-0.6, g.L + 1.6)
-    ax.set_ylim(g.D + 0.5, 0.35)  # depth 1 at the top, as in the paper's figures
+    ax.set_xlim(-0.6, layers + 1.6)
+    ax.set_ylim(depths + 0.5, 0.35)  # depth 1 at the top, as in the paper's figures
     ax.set_xlabel("layer")
     ax.set_ylabel("depth (resolution, width)")
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    handles = [Line2D([], [], color=CELL_COLOURS[t], lw=2.2, label=f"{t} cell") for t in CELL_TYPES]
+    handles = [
+        Line2D([], [], color=CELL_COLOURS[cell_type], lw=2.2, label=f"{cell_type} cell")
+        for cell_type in CELL_TYPES
+    ]
     handles += [
         Line2D([], [], color=HEAD_COLOUR, lw=2.2, label="to head"),
         Line2D([], [], color=FAINT, lw=1.0, marker="o", mfc="white", label="grid (not kept)"),
@@ -156,17 +180,17 @@ def _draw_grid(ax: Axes, g: Genotype, drawn: GenotypeArtists) -> None:
     ax.set_title("network level: kept edges of the L x D grid", fontsize=11)
 
 
-def _draw_cell(ax: Axes, g: Genotype, cell_type: str, drawn: GenotypeArtists) -> None:
+def _draw_cell(ax: Axes, genotype: Genotype, cell_type: str, drawn: GenotypeArtists) -> None:
     """Nodes N0..NP on a line; edge j -> i straight when adjacent, else an arc whose height
     grows with its span, alternating above and below so the op labels do not collide."""
     colour = CELL_COLOURS[cell_type]
     step = 1.5  # node spacing in units of arc height: room for an op name between two nodes
-    pos = {n: (step * n, 0.0) for n in range(g.P + 1)}
+    position = {node: (step * node, 0.0) for node in range(genotype.P + 1)}
     arrows: dict[tuple[int, int], FancyArrowPatch] = {}
     labels: list[str] = []
     top = 0.0
-    for (j, i), op in zip(cell_edges(g.P), g.cells[cell_type], strict=True):
-        (x0, y0), (x1, y1) = pos[j], pos[i]
+    for (j, i), op in zip(cell_edges(genotype.P), genotype.cells[cell_type], strict=True):
+        (x0, y0), (x1, y1) = position[j], position[i]
         # Height of the arc's middle; arc3 puts it at rad * span / 2 (equal aspect below
         # makes display and data geometry agree, so the label sits on its arc).
         bulge = 0.35 * (i - j - 1) * (1 if j % 2 == 0 else -1)
@@ -204,13 +228,13 @@ def _draw_cell(ax: Axes, g: Genotype, cell_type: str, drawn: GenotypeArtists) ->
             },
         )
         labels.append(op)
-    for n, (x, y) in pos.items():
+    for node, (x, y) in position.items():
         ax.scatter([x], [y], s=260, color="white", edgecolor="#222222", lw=1.3, zorder=3)
-        ax.text(x, y, f"N{n}", ha="center", va="center", fontsize=8, weight="bold", zorder=5)
+        ax.text(x, y, f"N{node}", ha="center", va="center", fontsize=8, weight="bold", zorder=5)
     drawn.cell_edges[cell_type] = arrows
     drawn.edge_labels[cell_type] = labels
     ax.set_title(f"{cell_type} cell", fontsize=11, color=colour, weight="bold")
-    ax.set_xlim(-0.35, step * g.P + 0.35)
+    ax.set_xlim(-0.35, step * genotype.P + 0.35)
     ax.set_ylim(-(top + 0.3), top + 0.3)
     ax.set_aspect("equal")
     ax.set_axis_off()
@@ -230,14 +254,16 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | Path) -> Pat
     """Per-epoch curves, one line per history key; losses (log scale) and metrics on
     separate axes because their units differ. Empty curves are skipped; with nothing to draw
     the picture says so rather than failing a run that has just started."""
-    curves = {name: [float(v) for v in values] for name, values in history.items() if values}
+    curves = {
+        name: [float(value) for value in values] for name, values in history.items() if values
+    }
     panels: dict[str, dict[str, list[float]]] = {}
     for name, values in curves.items():
         panels.setdefault(_panel(name), {})[name] = values
-    order = sorted(panels, key=lambda p: (p != "loss", p))
-    n = max(1, len(order))
-    fig = Figure(figsize=(5.2 * n, 4.0), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    order = sorted(panels, key=lambda panel: (panel != "loss", panel))
+    columns = max(1, len(order))
+    fig = Figure(figsize=(5.2 * columns, 4.0), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, columns, squeeze=False)[0]
     if not order:
         axes[0].text(0.5, 0.5, "no epochs recorded yet", ha="center", va="center")
         axes[0].set_axis_off()
@@ -245,7 +271,9 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | Path) -> Pat
         for name, values in panels[panel].items():
             epochs = range(1, len(values) + 1)
             ax.plot(epochs, values, marker="o" if len(values) < 30 else None, ms=3, label=name)
-        finite = [v for vs in panels[panel].values() for v in vs if math.isfinite(v)]
+        finite = [
+            value for values in panels[panel].values() for value in values if math.isfinite(value)
+        ]
         if panel == "loss" and finite and min(finite) > 0:
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -18,7 +18,7 @@ from torch import nn
 
 def count_parameters(model: nn.Module) -> int:
     """Every parameter element (a super-net's alphas and betas included)."""
-    return sum(p.numel() for p in model.parameters())
+    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def count_flops(model: nn.Module, H: int, W: int) -> int:
@@ -26,21 +26,21 @@ def count_flops(model: nn.Module, H: int, W: int) -> int:
     probe = copy.deepcopy(model).to("meta")
     total = 0
 
-    def hook(m: nn.Conv2d, _inputs: object, output: torch.Tensor) -> None:
+    def hook(conv: nn.Conv2d, _inputs: object, output: torch.Tensor) -> None:
         nonlocal total
-        kh, kw = m.kernel_size
-        total += 2 * output.numel() * (m.in_channels // m.groups) * kh * kw
+        kh, kw = conv.kernel_size
+        total += 2 * output.numel() * (conv.in_channels // conv.groups) * kh * kw
 
-    def transposed_hook(m: nn.ConvTranspose2d, inputs: tuple, _output: torch.Tensor) -> None:
+    def transposed_hook(conv: nn.ConvTranspose2d, inputs: tuple, _output: torch.Tensor) -> None:
         nonlocal total  # every input element scatters into kh x kw x out_channels outputs
-        kh, kw = m.kernel_size
-        total += 2 * inputs[0].numel() * (m.out_channels // m.groups) * kh * kw
+        kh, kw = conv.kernel_size
+        total += 2 * inputs[0].numel() * (conv.out_channels // conv.groups) * kh * kw
 
-    for m in probe.modules():
-        if isinstance(m, nn.Conv2d):
-            m.register_forward_hook(hook)
-        elif isinstance(m, nn.ConvTranspose2d):
-            m.register_forward_hook(transposed_hook)
+    for module in probe.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(hook)
+        elif isinstance(module, nn.ConvTranspose2d):
+            module.register_forward_hook(transposed_hook)
     with torch.no_grad():
         probe(torch.zeros(1, 1, H, W, device="meta"))
     return total

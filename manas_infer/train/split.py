@@ -73,11 +73,13 @@ def _named_test_patients(
         matches = [
             patient
             for patient, sources in sorted(by_patient.items())
-            if patient == token or any(token in _folder_names(s, root) for s in sources)
+            if patient == token or any(token in _folder_names(source, root) for source in sources)
         ]
         if not matches:
-            every = [s for sources in by_patient.values() for s in sources]
-            known = ", ".join(sorted({name for s in every for name in _folder_names(s, root)}))
+            every = [source for sources in by_patient.values() for source in sources]
+            known = ", ".join(
+                sorted({name for source in every for name in _folder_names(source, root)})
+            )
             raise InputProblem(root, f"test patient {token!r} not found (folders: {known})")
         test += [match for match in matches if match not in test]
     return test

@@ -70,16 +70,23 @@ def grid(L: int, D: int) -> dict[Block, dict[str, Block]]:
     for layer in range(1, L + 1):
         for d in range(1, D + 1):
             if block_exists((layer, d), L, D):
-                sources = {t: (layer - 1, d + off) for t, off in SOURCE_OFFSET.items()}
-                table[(layer, d)] = {t: b for t, b in sources.items() if block_exists(b, L, D)}
+                sources = {
+                    cell_type: (layer - 1, d + offset)
+                    for cell_type, offset in SOURCE_OFFSET.items()
+                }
+                table[(layer, d)] = {
+                    cell_type: source
+                    for cell_type, source in sources.items()
+                    if block_exists(source, L, D)
+                }
     return table
 
 
 def cell_type_between(src: Block, dst: Block) -> str:
     """The cell type of the grid edge src -> dst (dst one layer later, at most one depth off)."""
-    for t, off in SOURCE_OFFSET.items():
-        if src == (dst[0] - 1, dst[1] + off):
-            return t
+    for cell_type, offset in SOURCE_OFFSET.items():
+        if src == (dst[0] - 1, dst[1] + offset):
+            return cell_type
     raise ValueError(f"{src} -> {dst} is not a grid edge")
 
 
@@ -101,12 +108,12 @@ def check_input(x: Tensor, D: int) -> None:
         return
     if x.dim() != 4 or x.shape[1] != 1:
         raise ValueError(f"expected a [N, 1, H, W] image batch, got shape {list(x.shape)}")
-    m = 2 ** (D - 1)
+    multiple = 2 ** (D - 1)
     H, W = x.shape[-2:]
-    if H % m or W % m:
+    if H % multiple or W % multiple:
         raise ValueError(
             f"input {H}x{W} does not fit a D={D} network: height and width must be multiples "
-            f"of 2^(D-1) = {m} (the grid halves the resolution D-1 times); pad the image"
+            f"of 2^(D-1) = {multiple} (the grid halves the resolution D-1 times); pad the image"
         )
 
 
@@ -133,22 +140,27 @@ class SuperNet(nn.Module):
         self.stem = nn.Conv2d(1, C, 3, padding=1)
         self.cells = nn.ModuleDict(
             {
-                f"{block_key(b)}_{t}": SearchCell(t, depth_width(C, b[1]), P)
-                for b, sources in self.grid.items()
-                for t in sources
+                f"{block_key(block)}_{cell_type}": SearchCell(
+                    cell_type, depth_width(C, block[1]), P
+                )
+                for block, sources in self.grid.items()
+                for cell_type in sources
             }
         )
         self.head = nn.Conv2d(C, 1, 3, padding=1)
         initialise(self, self.head)  # He init, small head: see train/init.py
         self.alphas = nn.ParameterDict(
-            {t: nn.Parameter(1e-3 * torch.randn(n_edges(P), len(PRIMITIVES))) for t in CELL_TYPES}
+            {
+                cell_type: nn.Parameter(1e-3 * torch.randn(n_edges(P), len(PRIMITIVES)))
+                for cell_type in CELL_TYPES
+            }
         )
         # One beta per existing source; a single-source block's beta is kept for uniformity
         # (softmax makes it 1, so it gets a zero gradient and never moves).
         self.betas = nn.ParameterDict(
             {
-                block_key(b): nn.Parameter(1e-3 * torch.randn(len(sources)))
-                for b, sources in self.grid.items()
+                block_key(block): nn.Parameter(1e-3 * torch.randn(len(sources)))
+                for block, sources in self.grid.items()
             }
         )
 
@@ -171,16 +183,16 @@ class SuperNet(nn.Module):
         key = block_key(block)
         betas = F.softmax(self.betas[key], dim=0)
         z = None
-        for b, t, h in zip(betas, self.grid[block], inputs, strict=True):
-            y = b * self.cells[f"{key}_{t}"](h, self.alphas[t])
+        for beta, cell_type, features in zip(betas, self.grid[block], inputs, strict=True):
+            y = beta * self.cells[f"{key}_{cell_type}"](features, self.alphas[cell_type])
             z = y if z is None else z + y
         assert z is not None  # every block in the grid has at least one source
         return z
 
     def weights(self) -> list[nn.Parameter]:
         """The network weights (first optimiser); disjoint from ``arch_parameters``."""
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
+        arch = {id(parameter) for parameter in self.arch_parameters()}
+        return [parameter for parameter in self.parameters() if id(parameter) not in arch]
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """Alphas (expand, transfer, compress) then every block's betas (second optimiser)."""
@@ -189,6 +201,6 @@ class SuperNet(nn.Module):
     def betas_by_block(self) -> dict[Block, dict[str, float]]:
         """Raw beta logits as {block: {cell type: logit}}, the form decoding takes."""
         return {
-            b: dict(zip(sources, self.betas[block_key(b)].tolist(), strict=True))
-            for b, sources in self.grid.items()
+            block: dict(zip(sources, self.betas[block_key(block)].tolist(), strict=True))
+            for block, sources in self.grid.items()
         }
