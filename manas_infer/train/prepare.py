@@ -6,7 +6,6 @@ simulated at low dose once, the pairs written with their manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from manas_infer.console import progress
 from manas_infer.data.series import CTSeries
 from manas_infer.data.volume import CTVolume
 from manas_infer.errors import InputProblem
+from manas_infer.hashing import text_sha256
 from manas_infer.simulate.dose import LowDoseSimulator
 from manas_infer.train.dataset import (
     CACHE_FORMAT,
@@ -44,7 +44,7 @@ def _cache_key(sources: list[Source], spec: DatasetSpec) -> str:
     payload = json.dumps(
         {"format": CACHE_FORMAT, "sources": described, "spec": spec.to_dict()}, sort_keys=True
     )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return text_sha256(payload, 16)
 
 
 def _plan(
