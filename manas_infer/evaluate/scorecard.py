@@ -1,0 +1,116 @@
+"""The shipped models' scorecard: each model scored as ``denoise`` runs it (its default
+strength, the CT-number guard) on a fixed set of whole slices of the patients no model was
+trained or tuned on, at the model's own dose. The numbers go on the model's card, and CI
+scores the model again and holds it to them: a green CI means the shipped denoiser helps on
+data it never saw, and the card says by how much.
+
+    python -m manas_infer.evaluate.scorecard [--write] [--data CT_ROOT]
+
+prints every float32 model's scores beside its card's; ``--write`` puts them on the cards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from manas_infer.evaluate.pairs import Pairs, simulated_pairs
+from manas_infer.hu import normalize
+from manas_infer.metrics import quality
+from manas_infer.runtime import Denoiser
+from manas_infer.runtime.models import card_path, list_models
+from manas_infer.runtime.strength import DEFAULT_STRENGTH
+
+# The untouched test patients of the training recipe (scripts/v2-runs.sh): a chest from a
+# scanner model no training series has, and the only head (the only GE scanner).
+TEST_SERIES = ("lung-pet-ct-dx-a0002", "ge-head-std")
+SLICES_PER_SERIES = 3  # evenly spaced whole 512 x 512 slices: about a minute for all models
+SEED = 0
+METRICS = ("psnr", "ssim", "psnr_window", "ssim_window", "rmse_hu")
+CARD_KEY = "scorecard"
+
+
+def scored_pairs(ct_root: Path, dose: float) -> dict[str, Pairs]:
+    """The fixed slices of each test series, full dose and simulated at ``dose`` percent."""
+    return {
+        name: simulated_pairs(ct_root / name, dose, seed=SEED, max_slices=SLICES_PER_SERIES)
+        for name in TEST_SERIES
+    }
+
+
+def _scores(images: list[np.ndarray], full: list[np.ndarray]) -> dict[str, float]:
+    """Mean PSNR / SSIM (full range and soft-tissue window) and RMSE in HU over slices."""
+    pred = normalize(torch.from_numpy(np.stack(images))[:, None].float())
+    target = normalize(torch.from_numpy(np.stack(full))[:, None].float())
+    scores = {name: float(values.mean()) for name, values in quality(pred, target).items()}
+    errors = [float(np.sqrt(np.mean((a - b) ** 2))) for a, b in zip(images, full, strict=True)]
+    scores["rmse_hu"] = float(np.mean(errors))
+    return {name: round(scores[name], 4) for name in METRICS}
+
+
+def score_model(model: Path, ct_root: Path, device: str = "cpu") -> dict:
+    """The card's ``scorecard`` entry for one model: input and denoised, per test series."""
+    denoiser = Denoiser(model, device=device, warm_up=None)
+    dose = float(denoiser.card["dose_percent"])
+    series = {}
+    for name, pairs in scored_pairs(ct_root, dose).items():
+        denoised = [denoiser.denoise(low) for low in pairs.low]
+        series[name] = {
+            "slices": pairs.labels,
+            "input": _scores(pairs.low, pairs.full),
+            "denoised": _scores(denoised, pairs.full),
+        }
+    return {
+        "what": (
+            f"whole slices of the untouched test patients, simulated at {dose:g} % dose "
+            f"(seed {SEED}), denoised at the default strength ({DEFAULT_STRENGTH:g} %) with "
+            "the CT-number guard, as `manas-infer denoise --model` runs it"
+        ),
+        "command": "python -m manas_infer.evaluate.scorecard --write",
+        "dose_percent": dose,
+        "strength_percent": DEFAULT_STRENGTH,
+        "series": series,
+    }
+
+
+def shipped_models(folder: Path | None = None) -> list[Path]:
+    """The float32 models the scorecard covers (float16 variants are opt-in, GPU only)."""
+    return [m.path for m in list_models(folder) if m.card.get("precision") == "float32"]
+
+
+def default_ct_root() -> Path:
+    """``$MANAS_SHARED_DATA/ct``, else ``../shared/data/ct`` beside the repository (the
+    project's data folder, as the tests find it)."""
+    shared = os.environ.get("MANAS_SHARED_DATA")
+    root = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared" / "data"
+    return root / "ct"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=default_ct_root(), help="CT root")
+    parser.add_argument("--write", action="store_true", help="put the scores on the cards")
+    args = parser.parse_args()
+    for model in shipped_models():
+        entry = score_model(model, args.data)
+        for name, scores in entry["series"].items():
+            low, net = scores["input"], scores["denoised"]
+            print(
+                f"{model.name} {name}: PSNR {low['psnr']:.2f} -> {net['psnr']:.2f} dB, "
+                f"window SSIM {low['ssim_window']:.3f} -> {net['ssim_window']:.3f}, "
+                f"RMSE {low['rmse_hu']:.1f} -> {net['rmse_hu']:.1f} HU"
+            )
+        if args.write:
+            path = card_path(model)
+            card = json.loads(path.read_text())
+            card[CARD_KEY] = entry
+            path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
