@@ -11,7 +11,9 @@
 #      GENOTYPE (scripts/v2-runs.sh) skips step 1 with the architecture kept from v2;
 #   3. fine-tune the 5 % weights for 10 % and 2.5 % (2 epochs each at lr 3e-4, on data
 #      simulated at that dose) instead of searching and retraining each dose;
-#   4. export all three with a float16 variant and their cards.
+#   4. export all three with a float16 variant and their cards, then score them on the
+#      untouched test patients onto their cards (the numbers tests/test_model_scores.py
+#      holds them to), and recalibrate the automatic choice (models/noise-levels.json).
 #
 # Every step resumes: run the script again after an interruption (or on another machine
 # with the run directories copied over, see models/training/README.md) and it continues
@@ -45,3 +47,5 @@ for d in 10 2.5; do
         --retrain-epochs 2 --lr 3e-4
     export_model "$d"
 done
+"$PY" -m manas_infer.evaluate.scorecard --write
+"$PY" -m manas_infer.runtime.calibrate

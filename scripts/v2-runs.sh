@@ -27,6 +27,7 @@ DATA=${DATA:-runs/data-v3}
 SEARCH_PRESET=${SEARCH_PRESET:-small}
 PRESET=${PRESET:-cpu-long}
 BIN=${BIN:-.venv/bin/manas-infer}
+PY=${PY:-.venv/bin/python}
 TRAINING_SERIES=(pancreas-ct-cb-001 totalseg-example-j2k)
 TEST_SERIES=(lung-pet-ct-dx-a0002 ge-head-std)
 if [ ! -d "$DATA" ]; then
