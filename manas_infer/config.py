@@ -63,3 +63,13 @@ def cache_root() -> Path:
     if "cache" in config:
         return Path(str(config["cache"])).expanduser()
     return Path.home() / ".cache" / "manas-infer"
+
+
+def shared_ct_root() -> Path:
+    """The project's own CT series: ``$MANAS_SHARED_DATA/ct``, else ``../shared/data/ct``
+    beside the repository, where the tests and benches find them; the default data of the
+    scripts that calibrate and score the shipped models."""
+    shared = os.environ.get("MANAS_SHARED_DATA")
+    return (
+        Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared" / "data"
+    ) / "ct"

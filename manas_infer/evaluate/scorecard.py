@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from manas_infer.config import shared_ct_root
 from manas_infer.evaluate.pairs import Pairs, simulated_pairs
 from manas_infer.hu import normalize
 from manas_infer.metrics import quality
@@ -83,17 +83,9 @@ def shipped_models(folder: Path | None = None) -> list[Path]:
     return [m.path for m in list_models(folder) if m.card.get("precision") == "float32"]
 
 
-def default_ct_root() -> Path:
-    """``$MANAS_SHARED_DATA/ct``, else ``../shared/data/ct`` beside the repository (the
-    project's data folder, as the tests find it)."""
-    shared = os.environ.get("MANAS_SHARED_DATA")
-    root = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared" / "data"
-    return root / "ct"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=default_ct_root(), help="CT root")
+    parser.add_argument("--data", type=Path, default=shared_ct_root(), help="CT root")
     parser.add_argument("--write", action="store_true", help="put the scores on the cards")
     args = parser.parse_args()
     for model in shipped_models():

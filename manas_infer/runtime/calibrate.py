@@ -25,21 +25,18 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from manas_infer.config import cache_root
+from manas_infer.config import cache_root, shared_ct_root
 from manas_infer.data.series import scan
 from manas_infer.hashing import text_sha256
 from manas_infer.runtime.choice import LEVELS_FORMAT, levels_path
 from manas_infer.runtime.models import list_models, models_dir
 from manas_infer.runtime.noise import volume_noise
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_CT = Path(os.environ.get("MANAS_SHARED_DATA", REPO.parent / "shared" / "data")) / "ct"
 TRAINING_STYLE = ("pancreas-ct-cb-001", "tcga-thca-de-a4ma-wholebody")
 SLICES = 6
 SEED = 1
@@ -143,7 +140,9 @@ def calibrate(data: Path, folder: Path, count: int = SLICES) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=SHARED_CT, help="folder of the CT series")
+    parser.add_argument(
+        "--data", type=Path, default=shared_ct_root(), help="folder of the CT series"
+    )
     parser.add_argument("--models", type=Path, default=None, help="models folder")
     parser.add_argument("--slices", type=int, default=SLICES, help="slices per series")
     args = parser.parse_args(argv)
