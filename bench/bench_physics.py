@@ -25,7 +25,7 @@ from pathlib import Path
 
 from manas_infer.evaluate import bm3d_method, evaluate, model_method, simulated_pairs
 from manas_infer.evaluate.lcd import load_lcd_phantom, run_lcd_battery
-from manas_infer.evaluate.methods import Method
+from manas_infer.evaluate.methods import Method, automatic_method
 from manas_infer.evaluate.physics_report import lcd_section, patient_section, strict_json
 from manas_infer.runtime import list_models
 
@@ -40,7 +40,8 @@ def shipped_methods(device: str) -> list[Method]:
     """Every float32 model in models/ through the one runtime (the fp16 twins are the same
     model for GPUs), then BM3D with its noise level estimated on each image."""
     names = [m.name for m in list_models() if m.card.get("precision", "float32") == "float32"]
-    return [model_method(name, device) for name in names] + [bm3d_method()]
+    automatic = automatic_method(device)
+    return [model_method(name, device) for name in names] + [automatic, bm3d_method()]
 
 
 def machine() -> str:

@@ -15,8 +15,8 @@
 # architecture, not a trained model.
 #
 # The baselines are trained at 5 % only and evaluated at every dose, as the v3 MANAS net
-# is; the shipped MANAS models at 10 and 2.5 % add a short fine-tune at their dose, so
-# the tables show the v3 net too (the row at equal budget).
+# is; the shipped MANAS models add a short fine-tune at their dose (5-10 epochs, 14-28
+# min), so the tables show the v3 net too: the row at equal budget.
 #
 # Environment: see scripts/v2-runs.sh; SLICES (whole slices per patient, default 6),
 # EPOCHS_REDCNN, EPOCHS_DNCNN, OUT (default bench/results).
@@ -39,3 +39,4 @@ for dose in 10 5 2.5; do
             --figures 2 --seed 0 --device cpu --out "$OUT/compare-v3-${dose}pct-${series}"
     done
 done
+"$PY" bench/compare_tables.py --results "$OUT"

@@ -9,8 +9,11 @@
 #   2. retrain that architecture from scratch at 5 % with `cpu-long` (sixteen 96 px patches
 #      of every training slice, 24 epochs: 66 minutes on 2 cores for the two abdomens);
 #      GENOTYPE (scripts/v2-runs.sh) skips step 1 with the architecture kept from v2;
-#   3. fine-tune the 5 % weights for 10 % and 2.5 % (2 epochs each at lr 3e-4, on data
-#      simulated at that dose) instead of searching and retraining each dose;
+#   3. fine-tune those 5 % weights at each shipped dose, 10, 5 and 2.5 %, with the noise gain
+#      narrowed to x0.7-1.4 (lr 5e-4; 5 epochs at 10 and 5 %, 10 at 2.5 %; on data simulated
+#      at that dose; runs in $TUNED) instead of searching and retraining each dose: the base
+#      net, blind over x0.4-3.0, removes a fixed share of any noise; the fine-tune teaches
+#      each model the noise of its dose (bench/results/v3-over-doses.md, compare-v3.md);
 #   4. export all three with a float16 variant and their cards, then score them on the
 #      untouched test patients onto their cards (the numbers tests/test_model_scores.py
 #      holds them to), and recalibrate the automatic choice (models/noise-levels.json).
@@ -25,7 +28,7 @@ cd "$(dirname "$0")/.."
 source scripts/v2-runs.sh
 
 export_model() {  # export DOSE
-    "$BIN" export "$(newest_run manas "$1")" --out "models/manas-${1}pct.onnx" --fp16 --overwrite \
+    "$BIN" export "$(RUNS=$TUNED newest_run manas "$1")" --out "models/manas-${1}pct.onnx" --fp16 --overwrite \
         --citation "Hong J, Reyngold M, Crane C, et al. (2021) Breath-hold CT and cone-beam CT images with expert manual organ-at-risk segmentations from radiation treatments of locally advanced pancreatic cancer (Pancreatic-CT-CBCT-SEG) [Data set]. The Cancer Imaging Archive. https://doi.org/10.7937/TCIA.ESHQ-4D90" \
         --citation "Wasserthal J, Breit H-C, Meyer MT, et al. (2023) TotalSegmentator: Robust Segmentation of 104 Anatomic Structures in CT Images. Radiology: Artificial Intelligence 5(5):e230024. https://doi.org/10.1148/ryai.230024 (example series, Apache-2.0)" \
         --citation "Clark K, Vendt B, Smith K, et al. (2013) The Cancer Imaging Archive (TCIA): Maintaining and Operating a Public Information Repository. J Digit Imaging 26(6):1045-1057. https://doi.org/10.1007/s10278-013-9622-7"
@@ -41,10 +44,11 @@ if [ -z "$searched" ]; then
     searched=$searched/genotype.json
 fi
 train_or_resume manas 5 "$PRESET" --genotype "$searched"
-export_model 5
-for d in 10 2.5; do
-    train_or_resume manas "$d" "$PRESET" --init-weights "$(newest_run manas 5)" \
-        --retrain-epochs 2 --lr 3e-4
+base=$(newest_run manas 5)
+for d in 10 5 2.5; do
+    epochs=$([ "$d" = 2.5 ] && echo 10 || echo 5)
+    RUNS=$TUNED train_or_resume manas "$d" "$PRESET" --init-weights "$base" \
+        --retrain-epochs "$epochs" --lr 5e-4 --noise-gain 0.7,1.4
     export_model "$d"
 done
 "$PY" -m manas_infer.evaluate.scorecard --write

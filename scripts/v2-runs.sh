@@ -15,12 +15,14 @@
 #   neither   lung-pet-ct-dx-a0001, the demo's chest: earlier settings were tuned on it, so
 #             it can be no untouched test, and leaving it out keeps the demo out of sample.
 #
-# Environment: SHARED_DATA (default ../shared/data), RUNS (default runs/shipped-v3), GENOTYPE, DATA
+# Environment: SHARED_DATA (default ../shared/data), RUNS (default runs/shipped-v3), TUNED
+# (default runs/tuned-v3), GENOTYPE, DATA
 # (a folder of links to the four series, made here by default), BIN (default
 # .venv/bin/manas-infer), MANAS_CACHE (dataset cache), SEARCH_PRESET (default small),
 # PRESET (the retraining preset, default cpu-long).
 SHARED_DATA=${SHARED_DATA:-../shared/data}
 RUNS=${RUNS:-runs/shipped-v3}
+TUNED=${TUNED:-runs/tuned-v3}  # the per-dose fine-tunes of the newest 5 % run in $RUNS
 # The architecture the v2 search found (kept in models/training); empty: search anew.
 GENOTYPE=${GENOTYPE-models/training/shipped-v2/20261201-232440-manas-5pct-small/genotype.json}
 DATA=${DATA:-runs/data-v3}

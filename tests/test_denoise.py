@@ -23,6 +23,10 @@ from manas_infer.runtime import read_card, resolve_model
 from manas_infer.runtime.strength import DEFAULT_STRENGTH
 
 runner = CliRunner()
+# The demo's gate (see its test): RMSE at least this much below the 5 % input's, and at most
+# this share of the simulated noise left.
+DEMO_RMSE_MARGIN_HU = 1.0
+DEMO_NOISE_LEFT_MAX = 0.5
 
 
 def _run(*args: object):
@@ -202,37 +206,41 @@ def test_no_space_left_is_one_clear_line(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
-def _demo(tmp_path: Path, monkeypatch) -> tuple[float, float]:
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, float, float]:
     """The README's main command on eight real chest slices (the wheel's series is the same
-    patient): simulate 5 %, denoise with the shipped default, write the preview."""
+    patient), run once: simulate 5 %, denoise with the shipped default, write the preview.
+    (output folder, RMSE against the normal dose of input and denoised, noise left)."""
     import manas_infer.jobs.demo as demo
 
-    copy_slices(need(CHEST), tmp_path / "chest", 8, start=28)
-    monkeypatch.setattr(demo, "fetch_chest_ct", lambda: tmp_path / "chest")
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "out"), "--device", "cpu"])
+    base = tmp_path_factory.mktemp("demo")
+    copy_slices(need(CHEST), base / "chest", 8, start=28)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "fetch_chest_ct", lambda: base / "chest")
+        result = runner.invoke(app, ["demo", "--out", str(base / "out"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     text = _flat(result.output)
     found = re.findall(r"RMSE ([\d.]+) HU at 5 % dose -> ([\d.]+) HU denoised", text)
-    assert found, text
-    return float(found[0][0]), float(found[0][1])
+    left = re.findall(r"Simulated noise left: 100 % in the 5 % input -> (\d+) % denoised", text)
+    assert found and left, text
+    return base / "out", float(found[0][0]), float(found[0][1]), float(left[0]) / 100
 
 
-def test_demo_writes_both_series_and_the_preview(tmp_path: Path, monkeypatch) -> None:
-    low, denoised = _demo(tmp_path, monkeypatch)
-    assert 20 < low < 200 and 0 < denoised < 1000 and low != denoised
-    assert (tmp_path / "out" / "preview.png").stat().st_size > 50_000
-    assert scan(tmp_path / "out" / "chest-5pct").series[0].n_slices == 8
-    (series,) = scan(tmp_path / "out" / "chest-5pct-denoised").series
+def test_demo_writes_both_series_and_the_preview(demo_run) -> None:
+    out, low, denoised, left = demo_run
+    assert 20 < low < 200 and 0 < denoised < 1000 and low != denoised and 0 <= left < 1.5
+    assert (out / "preview.png").stat().st_size > 50_000
+    assert scan(out / "chest-5pct").series[0].n_slices == 8
+    (series,) = scan(out / "chest-5pct-denoised").series
     assert series.n_slices == 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit: the shipped CPU-preset models, trained on an abdomen and a "
-    "liver-level series, still smooth the held-out chest's lung detail and thin bone, so on "
-    "the demo's mid-chest slices their RMSE is above the 5 % input's (bench/results/"
-    "train-small-5pct.md, models/README.md); this test passes the day a shipped model fixes it",
-)
-def test_demo_denoised_series_is_closer_to_normal_dose(tmp_path: Path, monkeypatch) -> None:
-    low, denoised = _demo(tmp_path, monkeypatch)
-    assert denoised < low, (low, denoised)
+def test_demo_shipped_default_removes_most_of_the_noise_and_lowers_the_error(demo_run) -> None:
+    """The quality gate on the demo: the shipped default must take out most of the noise the
+    simulator added and end closer to the normal dose than its input. The demo's chest is a
+    sharp-kernel series whose normal dose carries about 50 HU of its own noise, which counts
+    as error once removed, so the RMSE margin is small by nature; the noise left is the clear
+    margin (models/README.md)."""
+    _, low, denoised, left = demo_run
+    assert denoised < low - DEMO_RMSE_MARGIN_HU, (low, denoised)
+    assert left < DEMO_NOISE_LEFT_MAX, left

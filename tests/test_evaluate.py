@@ -119,6 +119,26 @@ def test_bm3d_denoises_a_real_slice_with_its_noise_estimated(chest_pairs: Pairs)
     assert rmse_bm3d < 0.8 * rmse_low, (rmse_low, rmse_bm3d)
 
 
+def test_automatic_method_is_what_denoise_does_without_a_model(chest_pairs: Pairs) -> None:
+    """The physicist's row for the shipped default: each image's noise picks the model and
+    strength; a quiet image is returned as it is, a noisy one as the runtime denoises it."""
+    from scipy.ndimage import uniform_filter
+
+    from manas_infer.evaluate.methods import automatic_method
+    from manas_infer.runtime import Denoiser
+    from manas_infer.runtime.choice import fit, load_levels
+    from manas_infer.runtime.noise import slice_noise
+
+    automatic = automatic_method("cpu")
+    quiet = uniform_filter(chest_pairs.full[1], 5).astype(np.float32)
+    assert np.array_equal(automatic.denoise(quiet), quiet)
+    low = chest_pairs.low[1]
+    level, strength = fit(slice_noise(low), load_levels())
+    assert strength > 0
+    expected = Denoiser(level.name, device="cpu", warm_up=None).denoise(low, strength)
+    assert np.array_equal(automatic.denoise(low), expected)
+
+
 def test_noise_estimate_ignores_noise_free_air() -> None:
     rng = np.random.default_rng(0)
     image = np.full((128, 128), -1024.0)

@@ -43,7 +43,12 @@ def demo(
     console.print(
         f"Error against the normal-dose series, inside the body: RMSE {rmse['low']:.1f} HU at "
         f"{dose:g} % dose -> {rmse['denoised']:.1f} HU denoised "
-        f"(strength {series['strength_percent']:g} %)"
+        f"(strength {series['strength_percent']:g} %); the normal dose carries "
+        f"{outcome.reference_noise_hu:.1f} HU of its own noise"
+    )
+    console.print(
+        f"Simulated noise left: 100 % in the {dose:g} % input -> "
+        f"{100 * outcome.noise_left:.0f} % denoised"
     )
     console.print(f"Preview picture: [bold]{series['preview']}[/bold]")
 

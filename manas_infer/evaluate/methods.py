@@ -57,6 +57,41 @@ def model_method(model: str | Path, device: str = "auto") -> Method:
     )
 
 
+def automatic_method(device: str = "auto") -> Method:
+    """What ``denoise`` gives without ``--model`` or ``--dose``: the image's own noise picks
+    the model and the strength (``runtime/choice.py``), then the runtime applies them with
+    its CT-number guard. Chosen per image: the phantom's images are single slices."""
+    from manas_infer.runtime import Denoiser
+    from manas_infer.runtime.choice import fit, load_levels
+    from manas_infer.runtime.models import DEFAULT_MODEL
+    from manas_infer.runtime.noise import slice_noise
+    from manas_infer.runtime.strength import DEFAULT_STRENGTH
+
+    levels = load_levels()
+    if levels is None:
+        raise FileNotFoundError("models/noise-levels.json is missing: no automatic choice")
+    denoisers: dict[str, Denoiser] = {}
+
+    def denoise(hu: np.ndarray) -> np.ndarray:
+        sd = slice_noise(hu)
+        name, strength = DEFAULT_MODEL, DEFAULT_STRENGTH
+        if sd is not None:
+            level, strength = fit(sd, levels)
+            name = level.name
+        if name not in denoisers:
+            denoisers[name] = Denoiser(name, device=device, warm_up=None)
+        return denoisers[name].denoise(hu, strength)
+
+    return Method(
+        "automatic (shipped default)",
+        "model",
+        denoise,
+        None,
+        None,
+        "model and strength chosen from each image's noise, CT-number guard on",
+    )
+
+
 def run_method(run_dir: Path, device: str = "cpu") -> Method:
     """The best retrained net of a run directory, in torch, HU in and HU out."""
     from manas_infer.export.graph import HUModel
