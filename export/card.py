@@ -36,6 +36,28 @@ def citation_files(root: Path, max_depth: int = 3) -> dict[str, str]:
     return found
 
 
+def base_run(config: dict) -> dict | None:
+    """What a fine-tuned run started from (its ``--init-weights`` run), so the card states the
+    whole training budget, not just the fine-tune's: the base run's name, noise gain, epochs
+    and seconds, or only its path when that run is not on this machine."""
+    if not config.get("init_weights"):
+        return None
+    folder = Path(config["init_weights"])
+    folder = folder.parent.parent if folder.suffix == ".pt" else folder
+    record: dict = {"init_weights": config["init_weights"], "run": folder.name}
+    if (folder / "config.json").is_file() and (folder / "metrics.json").is_file():
+        base = json.loads((folder / "config.json").read_text())
+        base_metrics = json.loads((folder / "metrics.json").read_text())
+        record |= {
+            "dose_percent": base["dose"],
+            "preset": base["preset"]["name"],
+            "retrain_epochs": base["preset"]["retrain_epochs"],
+            "augmentation": base.get("augment"),
+            "seconds": base_metrics["seconds"],
+        }
+    return record
+
+
 def build_card(run_dir: Path, name: str, precision: str, extra_citations: list[str]) -> dict:
     """Everything the card says except the file's sha256 and the parity check (added after)."""
     config = json.loads((run_dir / "config.json").read_text())
@@ -81,6 +103,7 @@ def build_card(run_dir: Path, name: str, precision: str, extra_citations: list[s
             "seconds": metrics["seconds"],
             "device": metrics["device"],
             "run": run_dir.name,
+            "fine_tuned_from": base_run(config),
         },
         "citations": citations,
         "metrics": {

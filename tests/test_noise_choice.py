@@ -108,10 +108,9 @@ def test_bias_guard_keeps_uniform_regions_within_2_hu_on_a_real_slice(
     five_pct: Denoiser, head_slice: np.ndarray
 ) -> None:
     """A normal-dose head through the 5 % model at full strength: without the guard the
-    mean of air, fat and brain moves by more than 2 HU (the issue measured air -8 HU); with
-    it none does, and the noise the network removes is still removed. The thin skull is
-    not a uniform region: the network blurs it, which lowers the mean inside it whatever
-    the guard does (bench/results/noise-choice.md), so there the guard must only help."""
+    mean of air, fat or brain moves by more than 2 HU (the issue measured air -8 HU); with
+    it none does, nor bone (the issue's limit for all four), and the noise the network
+    removes is still removed."""
     regions = uniform_regions(head_slice)
     assert all(m.sum() > 300 for m in regions.values()), {k: m.sum() for k, m in regions.items()}
     net = five_pct(head_slice)
@@ -121,7 +120,7 @@ def test_bias_guard_keeps_uniform_regions_within_2_hu_on_a_real_slice(
     uniform = ("air", "fat", "soft tissue")
     assert max(abs(raw[k]) for k in uniform) > 2.0, raw
     assert max(abs(kept[k]) for k in uniform) < 2.0, kept
-    assert abs(kept["bone"]) < abs(raw["bone"]), (raw, kept)
+    assert abs(kept["bone"]) < 2.0, (raw, kept)
     sd = [slice_noise(im) for im in (head_slice, net, guarded)]
     assert sd[2] < sd[0] and abs(sd[2] - sd[1]) < 0.1 * sd[0], sd
 
