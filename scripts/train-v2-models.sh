@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The next shipped models (recipe v3, not shipped yet: bench/results/v3-trial-5pct.md ties):
+# The shipped models (recipe v3, shipped 2026-12-02: bench/results/compare-v3.md):
 # train and export models/manas-{10,5,2.5}pct.onnx with the project's
 # own pipeline, MSE loss (no VGG-16 weights can be downloaded here), seed 0, augmentation
 # on with the noise gain x0.4-3.0 (the default). Data and split: scripts/v2-runs.sh.

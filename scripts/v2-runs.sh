@@ -1,4 +1,4 @@
-# Sourced by train-v2-models.sh (recipe v2, not shipped yet): one definition of the data,
+# Sourced by train-v2-models.sh (the shipped recipe v3) and compare-v3.sh: one definition of the data,
 # the split, the loss and the presets, so the shipped models and the baselines they are
 # compared with are trained alike.
 #
