@@ -7,10 +7,12 @@
 #
 #   scripts/compare-v3.sh            # after scripts/train-v2-models.sh
 #
-# Budget: equal wall time, not equal samples. The v3 MANAS net retrained for 66.5 min
-# (24 epochs of 2,156 patches of 96 px); in that time RED-CNN does 5 epochs (about 12.5
-# min each on 2 cores) and DnCNN 8 (about 8.3 min). Equal samples would take RED-CNN about
-# 5 hours here: a GPU loan could run that variant (EPOCHS_REDCNN=24 EPOCHS_DNCNN=24).
+# Budget: equal wall time, not equal samples. The v3 MANAS base net retrained for 66.7 min
+# (24 epochs of 2,156 patches of 96 px). One training step of 16 such patches, measured
+# alone on the 2 cores: MANAS 0.84 s, DnCNN 6.2 s, RED-CNN 9.2 s; with about 50 s an epoch
+# of augmentation and validation, 66.7 min buys RED-CNN 3 epochs and DnCNN 4. Equal samples
+# would take RED-CNN about 8.5 hours here: a GPU loan could run that variant
+# (EPOCHS_REDCNN=24 EPOCHS_DNCNN=24).
 # The MANAS search (40 min, once for all doses) is not counted: its cost buys an
 # architecture, not a trained model.
 #
@@ -25,8 +27,8 @@ cd "$(dirname "$0")/.."
 source scripts/v2-runs.sh
 SLICES=${SLICES:-6}
 OUT=${OUT:-bench/results}
-EPOCHS_REDCNN=${EPOCHS_REDCNN:-5}
-EPOCHS_DNCNN=${EPOCHS_DNCNN:-8}
+EPOCHS_REDCNN=${EPOCHS_REDCNN:-3}
+EPOCHS_DNCNN=${EPOCHS_DNCNN:-4}
 
 base=$(newest_run manas 5)
 train_or_resume redcnn 5 "$PRESET" --arch redcnn --retrain-epochs "$EPOCHS_REDCNN" || exit 1
