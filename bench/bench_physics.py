@@ -38,7 +38,9 @@ COMMAND = "nice -n 10 .venv/bin/python bench/bench_physics.py"
 
 def shipped_methods(device: str) -> list[Method]:
     """Every float32 model in models/ through the one runtime (the fp16 twins are the same
-    model for GPUs), then BM3D with its noise level estimated on each image."""
+    model for GPUs), the automatic choice as ``denoise`` makes it without ``--model``
+    (model and strength from each image's noise, guard on), then BM3D with its noise level
+    estimated on each image."""
     names = [m.name for m in list_models() if m.card.get("precision", "float32") == "float32"]
     automatic = automatic_method(device)
     return [model_method(name, device) for name in names] + [automatic, bm3d_method()]
