@@ -2,7 +2,8 @@
 
 Not a test: run it after the script, ``.venv/bin/python bench/compare_tables.py``. For each
 dose and untouched test patient it reads ``bench/results/compare-v3-DOSEpct-SERIES/
-metrics.json`` (written by ``manas-infer evaluate``) and writes one markdown table a dose
+metrics.json`` (written by ``manas-infer evaluate``), with the baselines' rows from the
+sibling ``...-baselines`` report on the same slices and noise, and writes one markdown table a dose
 into ``bench/results/compare-v3-tables.md``: PSNR and SSIM, full range and soft-tissue
 window (mean ± SD over the whole slices), the noise SD in flat regions, the NPS mean
 frequency and the body-outline TTF f50 (the physicist's columns), parameters, GFLOPs per
@@ -43,24 +44,49 @@ def _physics(row: dict | None) -> str:
     return " | ".join(parts)
 
 
+def _method_row(label: str, method: dict, physics: dict) -> str:
+    scores = method["mean_sd"]
+    seconds = method.get("seconds_per_slice")
+    params, gflops = method.get("parameters"), method.get("gflops_512")
+    return (
+        f"| {label} | {method['name']} "
+        f"| {_mean_sd(scores['psnr'], 2)} | {_mean_sd(scores['ssim'], 3)} "
+        f"| {_mean_sd(scores['psnr_window'], 2)} | {_mean_sd(scores['ssim_window'], 3)} "
+        f"| {_physics(physics.get(method['name']))} "
+        f"| {f'{params:,}' if params else '—'} | {f'{gflops:.1f}' if gflops else '—'} "
+        f"| {f'{seconds[0]:.2f}' if seconds and seconds[0] >= 0.005 else '—'} |"
+    )
+
+
+def _same_input(a: dict, b: dict) -> bool:
+    """Two reports scored the same slices with the same simulated noise."""
+    first = next(m for m in a["methods"] if m["kind"] == "input")["per_slice"]["psnr"]
+    second = next(m for m in b["methods"] if m["kind"] == "input")["per_slice"]["psnr"]
+    same_noise = all(abs(x - y) < 1e-3 for x, y in zip(first, second, strict=True))
+    return a["labels"] == b["labels"] and same_noise
+
+
 def table_rows(folder: Path, patient: str) -> list[str]:
-    """Markdown rows, one a method and one for the full dose, of one report folder."""
+    """Markdown rows, one a method and one for the full dose, of one report folder and of its
+    ``-baselines`` sibling (its input row left out: the same slices, checked)."""
     metrics = json.loads((folder / "metrics.json").read_text())
+    methods = list(metrics["methods"])
     physics = {row["method"]: row for row in metrics.get("physics", {}).get("rows", [])}
+    sibling = folder.with_name(folder.name + "-baselines") / "metrics.json"
+    if sibling.is_file():
+        extra = json.loads(sibling.read_text())
+        if not _same_input(metrics, extra):
+            raise SystemExit(f"{sibling}: not the same slices or noise as {folder.name}")
+        methods += [m for m in extra["methods"] if m["kind"] != "input"]
+        physics |= {
+            row["method"]: row
+            for row in extra.get("physics", {}).get("rows", [])
+            if row["method"] != "full dose"
+        }
     rows = []
     label = f"{patient} ({metrics['slices']} slices)"
-    for method in metrics["methods"]:
-        scores = method["mean_sd"]
-        seconds = method.get("seconds_per_slice")
-        params, gflops = method.get("parameters"), method.get("gflops_512")
-        rows.append(
-            f"| {label} | {method['name']} "
-            f"| {_mean_sd(scores['psnr'], 2)} | {_mean_sd(scores['ssim'], 3)} "
-            f"| {_mean_sd(scores['psnr_window'], 2)} | {_mean_sd(scores['ssim_window'], 3)} "
-            f"| {_physics(physics.get(method['name']))} "
-            f"| {f'{params:,}' if params else '—'} | {f'{gflops:.1f}' if gflops else '—'} "
-            f"| {f'{seconds[0]:.2f}' if seconds and seconds[0] >= 0.005 else '—'} |"
-        )
+    for method in methods:
+        rows.append(_method_row(label, method, physics))
         label = ""
     rows.append(f"| | full dose (reference) | | | | | {_physics(physics.get('full dose'))} | | | |")
     return rows

@@ -21,7 +21,8 @@
 # min), so the tables show the v3 net too: the row at equal budget.
 #
 # Environment: see scripts/v2-runs.sh; SLICES (whole slices per patient, default 6),
-# EPOCHS_REDCNN, EPOCHS_DNCNN, OUT (default bench/results).
+# EPOCHS_REDCNN, EPOCHS_DNCNN, OUT (default bench/results). Every step is skipped once done
+# (a finished run, a written report), so a stopped script is simply started again.
 set -uo pipefail  # not -e: evaluate exits 1 after naming a0002's truncated file, and goes on
 cd "$(dirname "$0")/.."
 source scripts/v2-runs.sh
@@ -33,12 +34,26 @@ EPOCHS_DNCNN=${EPOCHS_DNCNN:-4}
 base=$(newest_run manas 5)
 train_or_resume redcnn 5 "$PRESET" --arch redcnn --retrain-epochs "$EPOCHS_REDCNN" || exit 1
 train_or_resume dncnn 5 "$PRESET" --arch dncnn --retrain-epochs "$EPOCHS_DNCNN" || exit 1
+
+evaluate_once() {  # evaluate_once OUT_FOLDER [evaluate arguments]: skip a finished report
+    if [ -f "$1/metrics.json" ]; then
+        echo "done already: $1"
+    else
+        "$BIN" evaluate "${@:2}" --max-slices "$SLICES" --figures 2 --seed 0 --device cpu \
+            --out "$1"
+    fi
+}
+
+# Two reports a dose and patient, on the same slices with the same simulated noise (seed 0):
+# the MANAS models (the shipped model's run and the base net) with BM3D, and the baselines. Split so that either half can
+# be rerun alone (the baselines cost most of the time: RED-CNN takes seconds a slice).
 for dose in 10 5 2.5; do
     for series in "${TEST_SERIES[@]}"; do
-        "$BIN" evaluate "models/manas-${dose}pct.onnx" "$base" \
+        evaluate_once "$OUT/compare-v3-${dose}pct-${series}" "$(RUNS=$TUNED newest_run manas "$dose")" \
+            "$base" --data "$SHARED_DATA/ct/$series" --dose "$dose"
+        evaluate_once "$OUT/compare-v3-${dose}pct-${series}-baselines" --no-bm3d \
             "$(newest_run redcnn 5)" "$(newest_run dncnn 5)" \
-            --data "$SHARED_DATA/ct/$series" --dose "$dose" --max-slices "$SLICES" \
-            --figures 2 --seed 0 --device cpu --out "$OUT/compare-v3-${dose}pct-${series}"
+            --data "$SHARED_DATA/ct/$series" --dose "$dose"
     done
 done
 "$PY" bench/compare_tables.py --results "$OUT"
