@@ -68,7 +68,7 @@ def _same_input(a: dict, b: dict) -> bool:
 
 def table_rows(folder: Path, patient: str) -> list[str]:
     """Markdown rows, one a method and one for the full dose, of one report folder and of its
-    ``-baselines`` sibling (its input row left out: the same slices, checked)."""
+    ``-baselines`` sibling (the rows it repeats left out: the same slices, checked)."""
     metrics = json.loads((folder / "metrics.json").read_text())
     methods = list(metrics["methods"])
     physics = {row["method"]: row for row in metrics.get("physics", {}).get("rows", [])}
@@ -77,12 +77,9 @@ def table_rows(folder: Path, patient: str) -> list[str]:
         extra = json.loads(sibling.read_text())
         if not _same_input(metrics, extra):
             raise SystemExit(f"{sibling}: not the same slices or noise as {folder.name}")
-        methods += [m for m in extra["methods"] if m["kind"] != "input"]
-        physics |= {
-            row["method"]: row
-            for row in extra.get("physics", {}).get("rows", [])
-            if row["method"] != "full dose"
-        }
+        names = {m["name"] for m in methods}  # at 5 % the sibling repeats MANAS and BM3D
+        methods += [m for m in extra["methods"] if m["name"] not in names]
+        physics = {row["method"]: row for row in extra.get("physics", {}).get("rows", [])} | physics
     rows = []
     label = f"{patient} ({metrics['slices']} slices)"
     for method in methods:
