@@ -2,8 +2,8 @@
 
 Not a test: run it after the script, ``.venv/bin/python bench/compare_tables.py``. For each
 dose and untouched test patient it reads ``bench/results/compare-v3-DOSEpct-SERIES/
-metrics.json`` (written by ``manas-infer evaluate``), with the baselines' rows from the
-sibling ``...-baselines`` report on the same slices and noise, and writes one markdown table a dose
+metrics.json`` (written by ``manas-infer evaluate``), with each baseline's rows from its
+sibling report ``...-ARCH`` on the same slices and noise, and writes one markdown table a dose
 into ``bench/results/compare-v3-tables.md``: PSNR and SSIM, full range and soft-tissue
 window (mean ± SD over the whole slices), the noise SD in flat regions, the NPS mean
 frequency and the body-outline TTF f50 (the physicist's columns), parameters, GFLOPs per
@@ -68,16 +68,15 @@ def _same_input(a: dict, b: dict) -> bool:
 
 def table_rows(folder: Path, patient: str) -> list[str]:
     """Markdown rows, one a method and one for the full dose, of one report folder and of its
-    ``-baselines`` sibling (the rows it repeats left out: the same slices, checked)."""
+    sibling reports ``FOLDER-ARCH`` (the rows they repeat left out; same slices, checked)."""
     metrics = json.loads((folder / "metrics.json").read_text())
     methods = list(metrics["methods"])
     physics = {row["method"]: row for row in metrics.get("physics", {}).get("rows", [])}
-    sibling = folder.with_name(folder.name + "-baselines") / "metrics.json"
-    if sibling.is_file():
+    for sibling in sorted(folder.parent.glob(f"{folder.name}-*/metrics.json")):
         extra = json.loads(sibling.read_text())
         if not _same_input(metrics, extra):
             raise SystemExit(f"{sibling}: not the same slices or noise as {folder.name}")
-        names = {m["name"] for m in methods}  # at 5 % the sibling repeats MANAS and BM3D
+        names = {m["name"] for m in methods}  # at 5 % a sibling repeats MANAS and BM3D
         methods += [m for m in extra["methods"] if m["name"] not in names]
         physics = {row["method"]: row for row in extra.get("physics", {}).get("rows", [])} | physics
     rows = []

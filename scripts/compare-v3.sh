@@ -21,19 +21,21 @@
 # min), so the tables show the v3 net too: the row at equal budget.
 #
 # Environment: see scripts/v2-runs.sh; SLICES (whole slices per patient, default 6),
-# EPOCHS_REDCNN, EPOCHS_DNCNN, OUT (default bench/results). Every step is skipped once done
-# (a finished run, a written report), so a stopped script is simply started again.
+# BASELINES (default "redcnn dncnn"), EPOCHS_REDCNN, EPOCHS_DNCNN, OUT (default
+# bench/results). Every step is skipped once done (a finished run, a written report), so a
+# stopped script is simply started again, and BASELINES=redcnn does one baseline's share.
 set -uo pipefail  # not -e: evaluate exits 1 after naming a0002's truncated file, and goes on
 cd "$(dirname "$0")/.."
 source scripts/v2-runs.sh
 SLICES=${SLICES:-6}
 OUT=${OUT:-bench/results}
-EPOCHS_REDCNN=${EPOCHS_REDCNN:-3}
-EPOCHS_DNCNN=${EPOCHS_DNCNN:-4}
+read -r -a BASELINES <<< "${BASELINES:-redcnn dncnn}"
+declare -A EPOCHS=([redcnn]=${EPOCHS_REDCNN:-3} [dncnn]=${EPOCHS_DNCNN:-4})
 
 base=$(newest_run manas 5)
-train_or_resume redcnn 5 "$PRESET" --arch redcnn --retrain-epochs "$EPOCHS_REDCNN" || exit 1
-train_or_resume dncnn 5 "$PRESET" --arch dncnn --retrain-epochs "$EPOCHS_DNCNN" || exit 1
+for arch in "${BASELINES[@]}"; do
+    train_or_resume "$arch" 5 "$PRESET" --arch "$arch" --retrain-epochs "${EPOCHS[$arch]}" || exit 1
+done
 
 evaluate_once() {  # evaluate_once OUT_FOLDER [evaluate arguments]: skip a finished report
     if [ -f "$1/metrics.json" ]; then
@@ -44,20 +46,22 @@ evaluate_once() {  # evaluate_once OUT_FOLDER [evaluate arguments]: skip a finis
     fi
 }
 
-# Two reports a dose and patient, on the same slices with the same simulated noise (seed 0):
-# the MANAS models (the shipped model's run and the base net) with BM3D, and the baselines. Split so that either half can
-# be rerun alone (the baselines cost most of the time: RED-CNN takes seconds a slice). At
-# 5 %, the issue's target dose, the baselines' report also holds the shipped model's run
-# and BM3D, so its pictures show input, BM3D, DnCNN, RED-CNN and MANAS side by side.
+# One report for the MANAS models (the shipped model's run and the base net) with BM3D, and
+# one for each baseline, all on the same slices with the same simulated noise (seed 0), so
+# bench/compare_tables.py merges them into one table (it checks the slices and the noise).
+# Split so that each can be run alone (a baseline costs most of the time: RED-CNN takes
+# seconds a slice). At 5 %, the issue's target dose, each baseline's report also holds the
+# shipped model's run and BM3D, so its pictures show them side by side.
 for dose in 10 5 2.5; do
     tuned=$(RUNS=$TUNED newest_run manas "$dose")
     if [ "$dose" = 5 ]; then beside=("$tuned" --bm3d); else beside=(--no-bm3d); fi
     for series in "${TEST_SERIES[@]}"; do
         evaluate_once "$OUT/compare-v3-${dose}pct-${series}" "$tuned" "$base" \
             --data "$SHARED_DATA/ct/$series" --dose "$dose"
-        evaluate_once "$OUT/compare-v3-${dose}pct-${series}-baselines" "${beside[@]}" \
-            "$(newest_run redcnn 5)" "$(newest_run dncnn 5)" \
-            --data "$SHARED_DATA/ct/$series" --dose "$dose"
+        for arch in "${BASELINES[@]}"; do
+            evaluate_once "$OUT/compare-v3-${dose}pct-${series}-${arch}" "${beside[@]}" \
+                "$(newest_run "$arch" 5)" --data "$SHARED_DATA/ct/$series" --dose "$dose"
+        done
     done
 done
 "$PY" bench/compare_tables.py --results "$OUT"
