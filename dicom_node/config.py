@@ -84,6 +84,9 @@ class Rule:
     calling_ae: list[str] = field(default_factory=list)
     ctdivol_below: float | None = None
     ctdivol_at_least: float | None = None
+    # ConvolutionKernel (0018,1210) names, any case: a sharp (lung, bone) kernel at normal
+    # dose is as noisy as a soft one at low dose, which the measured noise cannot tell apart.
+    convolution_kernel: list[str] = field(default_factory=list)
     model: str = ""
     dose: float | None = None
     strength: float | None = None  # None: processing.strength, else the runtime's default

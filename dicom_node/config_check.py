@@ -164,6 +164,8 @@ def _check_routing(config: NodeConfig, problems: list[str]) -> None:
                 problems.append(f"{where}.{key} must not be negative, got {value:g}")
         for title in rule.calling_ae:
             _ae_title(problems, f"{where}.calling_ae", title)
+        if any(not kernel.strip() for kernel in rule.convolution_kernel):
+            problems.append(f"{where}.convolution_kernel holds an empty name")
         for name in rule.destinations:
             if name not in names:
                 problems.append(

@@ -1,8 +1,8 @@
 """Which model denoises a series, at which strength, and where its derived series goes: the
-config's routing rules, first match wins, by calling AE title and by the dose information in
-the data (CTDIvol). When no rule matches, every destination, and the model and strength the
-series' own measured noise calls for (``manas_infer.runtime.choice``), unless
-``processing.default_model`` names one.
+config's routing rules, first match wins, by calling AE title, by the dose information in
+the data (CTDIvol) and by the reconstruction kernel (ConvolutionKernel). When no rule
+matches, every destination, and the model and strength the series' own measured noise calls
+for (``manas_infer.runtime.choice``), unless ``processing.default_model`` names one.
 
 Every model a rule names is resolved when the node starts, so a typo in a model name stops
 the start-up instead of failing the first series at night.
@@ -11,7 +11,10 @@ the start-up instead of failing the first series at night.
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from dataclasses import dataclass
+
+from pydicom.multival import MultiValue
 
 from manas_infer.data.series import CTSeries
 from manas_infer.dicom_node.config import NodeConfig, Rule
@@ -45,8 +48,30 @@ def series_ctdivol(series: CTSeries) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _matches(rule: Rule, calling_ae: str, ctdivol: float | None) -> bool:
+def series_kernel(series: CTSeries) -> str | None:
+    """The series' ConvolutionKernel (0018,1210), the value most of its slices carry.
+
+    Only the first value counts when there are several (Siemens adds the iterative strength:
+    ``Br38f\\3``), so a rule names the kernel as the scanner's protocol does.
+    """
+    names = []
+    for header in series.slices:
+        value = header.dataset.get("ConvolutionKernel")
+        if isinstance(value, MultiValue):
+            value = value[0] if len(value) else None
+        if value is not None and str(value).strip():
+            names.append(str(value).strip())
+    return Counter(names).most_common(1)[0][0] if names else None
+
+
+def _matches(rule: Rule, calling_ae: str, ctdivol: float | None, kernel: str | None) -> bool:
     if rule.calling_ae and calling_ae.strip() not in [title.strip() for title in rule.calling_ae]:
+        return False
+    if rule.convolution_kernel and (
+        kernel is None
+        or kernel.strip().casefold()
+        not in [name.strip().casefold() for name in rule.convolution_kernel]
+    ):
         return False
     if rule.ctdivol_below is not None and (ctdivol is None or ctdivol >= rule.ctdivol_below):
         return False
@@ -96,13 +121,18 @@ class Router:
         return list(unique.values())
 
     def choose(
-        self, calling_ae: str, ctdivol: float | None, series: CTSeries | None = None
+        self,
+        calling_ae: str,
+        ctdivol: float | None,
+        series: CTSeries | None = None,
+        kernel: str | None = None,
     ) -> Route:
         """The route for a series; ``series`` is read (a few slices) only when no rule
         matches and the model is chosen from its measured noise."""
         dose = "no CTDIvol" if ctdivol is None else f"CTDIvol {ctdivol:.2f} mGy"
+        dose += ", no kernel" if kernel is None else f", kernel {kernel}"
         for i, (rule, model) in enumerate(zip(self.rules, self.models, strict=True)):
-            if _matches(rule, calling_ae, ctdivol):
+            if _matches(rule, calling_ae, ctdivol, kernel):
                 name = _describe(rule, i)
                 strength = rule.strength if rule.strength is not None else self.strength
                 strength = DEFAULT_STRENGTH if strength is None else strength

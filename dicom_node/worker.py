@@ -15,7 +15,7 @@ from manas_infer.data.series import CTSeries, scan
 from manas_infer.dicom_node.config import NodeConfig
 from manas_infer.dicom_node.disk import is_disk_full
 from manas_infer.dicom_node.records import DestinationProgress, SeriesRecord, State
-from manas_infer.dicom_node.routing import Route, Router, series_ctdivol
+from manas_infer.dicom_node.routing import Route, Router, series_ctdivol, series_kernel
 from manas_infer.dicom_node.spool import Spool
 from manas_infer.errors import InputProblem
 from manas_infer.jobs.denoise import denoise_series
@@ -155,7 +155,9 @@ class Worker(threading.Thread):
         node stops meanwhile."""
         key = record.key
         series = self._read_series(key)
-        route = self.router.choose(record.calling_ae, series_ctdivol(series), series)
+        route = self.router.choose(
+            record.calling_ae, series_ctdivol(series), series, series_kernel(series)
+        )
         denoiser = self.denoiser(route.model)
         log.info(
             "series %s: denoising %d slices with %s at strength %g %% on %s; %s",

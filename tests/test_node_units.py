@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import CHEST, CT, J2K, need
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
@@ -22,9 +23,10 @@ from pynetdicom.sop_class import CTImageStorage
 from typer.testing import CliRunner
 
 from manas_infer.cli import app
+from manas_infer.data.series import scan
 from manas_infer.dicom_node.config import NodeConfigError, load_config, parse_override
 from manas_infer.dicom_node.records import DestinationProgress, SeriesRecord, State
-from manas_infer.dicom_node.routing import Router
+from manas_infer.dicom_node.routing import Router, series_ctdivol, series_kernel
 from manas_infer.dicom_node.sender import Sender
 from manas_infer.dicom_node.spool import Spool, series_key
 
@@ -45,7 +47,8 @@ def test_example_config_is_valid_and_documented() -> None:
     config = load_config(example)
     assert config.node.ae_title == "MANAS" and config.spool.stable_age == 30
     assert [d.name for d in config.destinations] == ["pacs"]
-    assert config.routing.rules[1].calling_ae == ["CT_LOWDOSE"]
+    assert config.routing.rules[2].calling_ae == ["CT_LOWDOSE"]
+    assert config.routing.rules[0].convolution_kernel[0] == "L"
     text = example.read_text()
     for section in ("[node]", "[spool]", "[limits]", "[processing]", "[[routing.rules]]",
                     "[sending]", "[[destinations]]", "[[security.allowed]]", "[tls]",
@@ -163,6 +166,33 @@ def test_routing_by_calling_ae_and_ctdivol() -> None:
     assert "no CTDIvol" in default.why
     with pytest.raises(NodeConfigError, match="no model named 'no-such-model'"):
         Router(load_config(None, [ALLOW, 'routing.rules=[{model="no-such-model"}]']))
+
+
+def test_routing_by_kernel_leaves_a_sharp_kernel_normal_dose_chest_alone(tmp_path: Path) -> None:
+    """The measured noise cannot tell a lung kernel at normal dose (the a0001 chest, 57 HU)
+    from a soft kernel at 5 %: a rule on ConvolutionKernel and CTDIvol can, on the real
+    headers of three vendors."""
+    chest, soft_chest, j2k = (
+        scan(need(path)).series[0] for path in (CHEST, CT / "lung-pet-ct-dx-a0002", J2K)
+    )
+    assert series_kernel(chest) == "L" and series_ctdivol(chest) == pytest.approx(10.6)
+    assert series_kernel(soft_chest) == "B40f" and series_ctdivol(soft_chest) is None
+    assert series_kernel(j2k) == "Br38f"  # Siemens' second value (the ADMIRE level) dropped
+    rules = (
+        'routing.rules=[{name="lung kernel, normal dose", convolution_kernel=["l", "B70f"], '
+        "ctdivol_at_least=5, dose=5, strength=0}]"
+    )
+    router = Router(load_config(None, [ALLOW, rules]))
+    kept = router.choose("CT", series_ctdivol(chest), chest, series_kernel(chest))
+    assert kept.rule == "lung kernel, normal dose" and kept.strength == 0
+    assert "CTDIvol 10.60 mGy, kernel L" in kept.why
+    screening = router.choose("CT", 1.2, chest, "L")  # the same kernel at a screening dose
+    assert screening.rule == "default" and screening.strength > 0
+    soft = router.choose("CT", None, soft_chest, series_kernel(soft_chest))
+    assert soft.rule == "default" and "kernel B40f" in soft.why
+    assert router.choose("CT", 10.6, None, None).rule == "default"  # no kernel: no match
+    problems = _problems(tmp_path, "", ALLOW, 'routing.rules=[{convolution_kernel=[" "], dose=5}]')
+    assert any("convolution_kernel holds an empty name" in p for p in problems)
 
 
 def test_spool_journal_survives_a_torn_line_and_recovery_requeues(tmp_path: Path) -> None:
