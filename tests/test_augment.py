@@ -3,6 +3,7 @@ aligned, and a run records and resumes them."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,39 @@ def test_gaussian_blur_matches_scipy() -> None:
     ours = gaussian_blur(x, 1.0)[0, 0].numpy()
     theirs = gaussian_filter(x[0, 0].numpy(), 1.0, mode="mirror", truncate=3.0)
     assert abs(ours - theirs).max() < 1e-5
+
+
+def test_noise_grain_of_a_soft_kernel_from_real_fbp_noise_at_the_same_sd() -> None:
+    """The LCD phantom's real scanner noise (sharp FBP, ten realisations less their mean),
+    apodized: its TG-233 NPS centroid falls from a sharp kernel's to a soft-tissue kernel's,
+    its SD does not move, and a small sigma leaves it as it is."""
+    from conftest import LCD_PHANTOM, need
+
+    from manas_infer.evaluate.lcd import load_lcd_phantom
+    from manas_infer.evaluate.nps import noise_power_spectrum
+    from manas_infer.simulate.texture import apodize
+
+    images = load_lcd_phantom(need(LCD_PHANTOM)).images(10, "absent")
+    noise = torch.from_numpy((images - images.mean(axis=0)).astype(np.float32))[:, None]
+    sigma = [0.0, 0.2, 0.8, 1.2, 0.0, 0.8, 1.2, 0.0, 0.8, 1.2]
+    coarse = apodize(noise, sigma)
+
+    def centre(x: torch.Tensor, picks: list[int]) -> tuple[float, float]:
+        rois = x[picks, 0, 96:160, 96:160].double().numpy() * np.sqrt(10 / 9)
+        nps = noise_power_spectrum(rois)
+        return nps.mean_frequency, nps.sd
+
+    sharp_f, sharp_sd = centre(noise, [0, 4, 7])
+    assert 0.19 < sharp_f < 0.25 and 60 < sharp_sd < 90  # cycles/pixel; 10 %: ~75 HU
+    assert torch.equal(coarse[[0, 1, 4, 7]], noise[[0, 1, 4, 7]])
+    soft_f, _ = centre(coarse, [3, 6, 9])
+    medium_f, _ = centre(coarse, [2, 5, 8])
+    assert soft_f < medium_f < 0.8 * sharp_f and soft_f < 0.12
+    for i in (2, 3, 5, 6, 8, 9):
+        assert float(coarse[i].std()) == pytest.approx(float(noise[i].std()), rel=1e-4)
+    aug = Augmentation(texture=(0.0, 1.4))
+    assert Augmentation.from_dict(aug.to_dict()) == aug
+    old = {k: v for k, v in aug.to_dict().items() if k != "texture"}  # a run made before it
+    assert Augmentation.from_dict(old).texture == (0.0, 0.0)
+    with pytest.raises(ValueError, match="texture range"):
+        Augmentation(texture=(1.0, 0.5))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHEST, copy_slices, need
+from conftest import CHEST, PANCREAS, copy_slices, need
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from typer.testing import CliRunner
 
@@ -212,6 +212,30 @@ def test_evaluate_command_with_a_shipped_model_and_bm3d_on_simulated_dose(tmp_pa
     assert (out / "slice-2.png").is_file() or any(out.glob("slice-*.png"))
 
 
+def test_soft_kernel_grain_changes_the_noise_texture_not_its_level() -> None:
+    """--noise-texture on the same real slice and seed: the noise (low - full) keeps its SD
+    and gets the coarse grain (lower TG-233 NPS centroid) of a soft-tissue kernel."""
+    from manas_infer.evaluate.nps import crop, noise_power_spectrum, uniform_rois
+
+    ramp = simulated_pairs(need(PANCREAS), dose=5.0, seed=1, max_slices=3, n_views=90)
+    soft = simulated_pairs(PANCREAS, 5.0, 1, 3, 90, texture_sigma_px=1.2)
+    full = ramp.full[1]  # mid-abdomen: liver and muscle, an iterative reconstruction
+    assert np.array_equal(soft.full[1], full) and "1.2-pixel Gaussian" in soft.source
+    corners = uniform_rois(full, 32, max_rois=6)
+    assert len(corners) >= 3
+
+    def measured(pairs: Pairs) -> tuple[float, float]:
+        noise = noise_power_spectrum(crop(pairs.low[1] - full, corners, 32))
+        return noise.sd, noise.mean_frequency
+
+    (ramp_sd, ramp_f), (soft_sd, soft_f) = measured(ramp), measured(soft)
+    body = full > -500
+    assert np.std((soft.low[1] - full)[body]) == pytest.approx(
+        np.std((ramp.low[1] - full)[body]), rel=0.02
+    )
+    assert soft_f < 0.6 * ramp_f and 0.5 * ramp_sd < soft_sd < 1.5 * ramp_sd
+
+
 def test_bad_input_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     result = runner.invoke(app, ["evaluate", "manas-5pct", "--low", str(tmp_path)])
     assert result.exit_code == 2 and "--low needs the full-dose series" in result.output.replace(
@@ -219,6 +243,10 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     )
     result = runner.invoke(app, ["evaluate", "manas-5pct", "--data", str(tmp_path)])
     assert result.exit_code == 2 and "give --dose" in result.output.replace("│", "")
+    result = runner.invoke(app, ["evaluate", "manas-5pct", "--data", str(tmp_path), "--low",
+                                 str(tmp_path), "--noise-texture", "1"])  # fmt: skip
+    flat = " ".join(result.output.replace("│", "").split())
+    assert result.exit_code == 2 and "--noise-texture needs --data and --dose" in flat
     result = runner.invoke(
         app, ["evaluate", "no-such-model", "--data", str(tmp_path), "--dose", "5"]
     )

@@ -61,6 +61,14 @@ def evaluate(
     ),
     seed: int = typer.Option(0, help="Seed of the simulated noise."),
     views: int = typer.Option(720, help="Projection angles for the dose simulation."),
+    noise_texture: float = typer.Option(
+        0.0,
+        min=0.0,
+        max=3.0,
+        help="Give the simulated noise the grain of a soft-tissue kernel at the same SD: the "
+        "sigma (pixels) of a Gaussian apodization of the simulator's ramp, about 0.8-1.2 for "
+        "B30f/STD-like mottle. 0: the ramp's fine grain.",
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda: where the networks run."),
     out: Path | None = typer.Option(
         None, help="Report folder. Default: reports/evaluate-YYYYmmdd-HHMMSS."
@@ -94,8 +102,13 @@ def evaluate(
         raise typer.BadParameter("no --data and no run directory to take a test split from",
                                  param_hint="--data")  # fmt: skip
     torch_device = _device(device)
+    if noise_texture > 0 and (data is None or low is not None):
+        raise typer.BadParameter(
+            "the grain is given to simulated noise: --noise-texture needs --data and --dose",
+            param_hint="--noise-texture",
+        )
     source = PairsSource(data, low, Path(runs[0]) if runs else None, dose, seed, views,
-                         max_slices)  # fmt: skip
+                         max_slices, noise_texture)  # fmt: skip
     with _refusals():
         rows = compared_methods(methods, device, bm3d, bm3d_sigma)
         metrics, pairs, folder = evaluate_pairs(

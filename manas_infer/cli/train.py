@@ -152,6 +152,12 @@ def train(
         help="LOW,HIGH: range of the augmentation's noise gain (log-uniform); gain t is the "
         "noise of dose/t^2. The default spans a head to a large abdomen at one nominal dose.",
     ),
+    noise_texture: str = typer.Option(
+        "0,0",
+        help="LOW,HIGH: range of the augmentation's noise grain, the sigma (pixels, uniform) "
+        "of a Gaussian apodization of the simulator's ramp noise at the same SD; 0,1.4 spans "
+        "lung kernels to soft-tissue ones (bench/results/noise-texture.md). 0,0: off.",
+    ),
     genotype: Path | None = typer.Option(
         None,
         help="Skip the search and retrain this architecture (a run's genotype.json), e.g. "
@@ -214,7 +220,8 @@ def train(
                 checkpoint=checkpoint, perceptual_weight=perceptual_weight,
                 vgg_weights=vgg_weights, ssim_weight=ssim_weight, edge_weight=edge_weight,
                 fresh_noise=fresh_noise, views=views, augment=augment, noise_gain=noise_gain,
-                genotype=genotype, init_weights=init_weights, seed=seed,
+                noise_texture=noise_texture, genotype=genotype, init_weights=init_weights,
+                seed=seed,
             )  # fmt: skip
             config, folder = new_run_config(options, torch_device), None
     except (ConfigError, ValueError, FileNotFoundError) as exc:

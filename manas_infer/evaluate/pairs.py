@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from manas_infer.data.series import CTSeries, scan
 from manas_infer.errors import InputProblem
 from manas_infer.simulate.dose import DoseSettings, LowDoseSimulator
+from manas_infer.simulate.texture import apodize
 from manas_infer.train.dataset import PreparedDataset, evenly_spaced
 
 
@@ -45,6 +47,11 @@ class Pairs:
         self.spacing.append(float(spacing))
 
 
+def _grain(noise: np.ndarray, sigma_px: float) -> np.ndarray:
+    as_tensor = torch.from_numpy(np.ascontiguousarray(noise, dtype=np.float32))[None, None]
+    return apodize(as_tensor, [sigma_px])[0, 0].numpy()
+
+
 def simulated_pairs(
     root: Path,
     dose: float,
@@ -53,11 +60,18 @@ def simulated_pairs(
     n_views: int = 720,
     device: str = "cpu",
     on_slice: Callable[[], None] | None = None,
+    texture_sigma_px: float = 0.0,
 ) -> Pairs:
-    """Every CT series under ``root`` at full dose, and the same slices at ``dose`` percent."""
+    """Every CT series under ``root`` at full dose, and the same slices at ``dose`` percent;
+    ``texture_sigma_px`` > 0 gives the noise the coarser grain of a soft-tissue kernel at
+    the same SD (``simulate/texture.py``), 0 keeps the simulator's ramp grain."""
     report = scan(root)
     simulator = LowDoseSimulator(DoseSettings(dose_percent=dose, n_views=n_views), device=device)
-    pairs = Pairs([], [], [], f"{root}: simulated {dose:g} % dose, seed {seed}", report.problems)
+    grain = f", noise grain of a {texture_sigma_px:g}-pixel Gaussian apodization" * (
+        texture_sigma_px > 0
+    )
+    source = f"{root}: simulated {dose:g} % dose, seed {seed}{grain}"
+    pairs = Pairs([], [], [], source, report.problems)
     for s_index, series in enumerate(report.series):
         for i in evenly_spaced(series.n_slices, max_slices).tolist():
             try:
@@ -68,6 +82,8 @@ def simulated_pairs(
             low = simulator.simulate_numpy(
                 full, series.pixel_spacing[0], seed=seed * 1_000_003 + s_index * 10_007 + i
             )
+            if texture_sigma_px > 0:
+                low = full + _grain(low - full, texture_sigma_px)
             pairs.add(low, full, f"{series.folder.name}, slice {i + 1}", series.pixel_spacing[0])
             if on_slice is not None:
                 on_slice()

@@ -57,6 +57,7 @@ class PairsSource:
     seed: int
     views: int
     max_slices: int | None
+    texture_sigma_px: float = 0.0  # simulated pairs only: the noise's grain (texture.py)
 
 
 def evaluate_pairs(
@@ -81,6 +82,7 @@ def evaluate_pairs(
         steps = bar.add_task("Evaluating", total=len(pairs) * (len(rows) + 1))
         folder = out or default_report_folder("evaluate")
         settings = {"dose_percent": source.dose, "seed": source.seed, "views": source.views,
+                    "noise_texture_sigma_px": source.texture_sigma_px,
                     "device": device_type, "bm3d_sigma": bm3d_sigma}  # fmt: skip
         metrics = evaluation.evaluate(
             pairs, rows, folder, figures, vgg_weights, settings=settings,
@@ -97,7 +99,7 @@ def _read_pairs(source: PairsSource, device_type: str, on_slice: Callable[[], No
         return evaluation.matched_pairs(source.low, source.data, source.max_slices, on_slice)
     return evaluation.simulated_pairs(
         source.data, source.dose, source.seed, source.max_slices, source.views, device_type,
-        on_slice,
+        on_slice, source.texture_sigma_px,
     )  # fmt: skip
 
 

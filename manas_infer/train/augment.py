@@ -18,7 +18,11 @@ drawn per pair, teach the net what is signal and what is noise across that sprea
   log-uniform in ``contrast``; the simulated noise ``low - normal`` is kept as it is
   (to first order image-domain noise does not depend on the object's contrast);
 - noise level: ``low' = normal' + t (low - normal)``, t log-uniform in ``noise``: the noise
-  of a dose ``dose / t^2``, because photon noise scales as 1/sqrt(dose).
+  of a dose ``dose / t^2``, because photon noise scales as 1/sqrt(dose);
+- noise grain: the noise given the grain of another reconstruction kernel (a ramp
+  apodized by a Gaussian of sigma pixels, uniform in ``texture``, at the same SD;
+  ``simulate/texture.py``): the simulator's ramp noise is as fine as a lung kernel's, while
+  soft-tissue kernels make it a coarse mottle that a net never shown it leaves in place.
 
 Everything is clamped to the networks' HU range afterwards. The validation and test splits
 are never augmented, so the numbers a run reports are on untouched pairs.
@@ -30,10 +34,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from manas_infer.hu import HU_MAX, HU_MIN
+from manas_infer.simulate.texture import apodize, gaussian_blur
 
 AIR_HU = -1000.0
 SHARPEN_SIGMA = 1.0  # pixels; about the blur the unaugmented net applied to the chest
@@ -49,12 +53,17 @@ class Augmentation:
     # x0.4-3.0: a nominal dose gives 2-3x more noise in a large abdomen than in a head or a
     # thin chest; x0.4-1.4 (the first shipped models) learnt to remove too little there.
     noise: tuple[float, float] = (0.4, 3.0)
+    # Gaussian apodization sigma, pixels, uniform; (0, 0) is off (the runs made before it).
+    # 0-1.4 spans the ramp's grain to the soft-tissue kernels' (noise-texture.md).
+    texture: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.sharpen[0] <= self.sharpen[1]:
-            raise ValueError(
-                f"augmentation sharpen range must be 0 <= low <= high, got {self.sharpen}"
-            )
+        for name in ("sharpen", "texture"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(
+                    f"augmentation {name} range must be 0 <= low <= high, got {lo}, {hi}"
+                )
         for name in ("contrast", "noise"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
@@ -72,6 +81,7 @@ class Augmentation:
             sharpen=tuple(data["sharpen"]),  # type: ignore[arg-type]
             contrast=tuple(data["contrast"]),  # type: ignore[arg-type]
             noise=tuple(data["noise"]),  # type: ignore[arg-type]
+            texture=tuple(data.get("texture", (0.0, 0.0))),  # type: ignore[arg-type]
         )
 
 
@@ -93,6 +103,10 @@ def augment_pairs(
     )
     amount = amount.to(normal)[:, None, None, None]
     noise = low - normal
+    if aug.texture[1] > 0:
+        lo, hi = aug.texture
+        sigma = lo + (hi - lo) * torch.rand(count, generator=generator, dtype=torch.float64)
+        noise = apodize(noise, sigma)
     if aug.sharpen[1] > 0:
         normal = normal + amount * (normal - gaussian_blur(normal, SHARPEN_SIGMA))
     normal = AIR_HU + scale * (normal - AIR_HU)
@@ -118,15 +132,3 @@ def augment_pairs(
 def _orient(image: Tensor, turns: int, flip: int) -> Tensor:
     image = torch.rot90(image, turns, dims=(-2, -1))
     return torch.flip(image, dims=(-1,)) if flip else image
-
-
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """[B, 1, H, W] -> the same, blurred by a separable Gaussian with reflected borders
-    (a few lines of conv2d; no image library works on batched tensors on the device)."""
-    radius = max(1, round(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    return F.conv2d(x, kernel.view(1, 1, -1, 1))

@@ -58,6 +58,7 @@ class TrainOptions:
     views: int
     augment: bool
     noise_gain: str  # LOW,HIGH
+    noise_texture: str  # LOW,HIGH
     genotype: Path | None
     init_weights: Path | None
     seed: int
@@ -105,12 +106,12 @@ def _given_architecture(options: TrainOptions, preset: Preset) -> str | None:
     return start and start["genotype"]
 
 
-def _gain_range(text: str) -> tuple[float, float]:
+def _range(text: str, option: str, example: str) -> tuple[float, float]:
     """'0.4,3.0' -> (0.4, 3.0); a ValueError naming the option otherwise."""
     try:
         low, high = (float(value) for value in text.split(","))
     except ValueError:
-        raise ValueError(f"--noise-gain takes LOW,HIGH (e.g. 0.4,3.0), got {text!r}") from None
+        raise ValueError(f"{option} takes LOW,HIGH (e.g. {example}), got {text!r}") from None
     return low, high
 
 
@@ -136,7 +137,10 @@ def new_run_config(options: TrainOptions, device: torch.device) -> RunConfig:
         fresh_noise=options.fresh_noise,
         n_views=options.views,
         augment=(
-            Augmentation(noise=_gain_range(options.noise_gain)).to_dict()
+            Augmentation(
+                noise=_range(options.noise_gain, "--noise-gain", "0.4,3.0"),
+                texture=_range(options.noise_texture, "--noise-texture", "0,1.4"),
+            ).to_dict()
             if options.augment
             else None
         ),
