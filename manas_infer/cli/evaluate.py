@@ -66,8 +66,8 @@ def evaluate(
         min=0.0,
         max=3.0,
         help="Give the simulated noise the grain of a soft-tissue kernel at the same SD: the "
-        "sigma (pixels) of a Gaussian apodization of the simulator's ramp, about 0.8-1.2 for "
-        "B30f/STD-like mottle. 0: the ramp's fine grain.",
+        "sigma (pixels) of a Gaussian apodization of the simulator's ramp: 0.8 gives the "
+        "grain of the B30f/B40f-like soft kernels here. 0: the ramp's fine grain.",
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda: where the networks run."),
     out: Path | None = typer.Option(

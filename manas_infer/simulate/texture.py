@@ -2,20 +2,21 @@
 
 The simulator (``dose.py``) brings its projection noise back with a plain ramp (Ram-Lak)
 filter, the sharpest FBP there is: its noise power spectrum (NPS) rises to the pixel grid's
-Nyquist frequency, mean frequency about 0.36 cycles/pixel. A scanner reconstructs with a
-kernel, a ramp times an apodization window. A lung or bone kernel leaves the noise about as
-fine (the a0001 chest's "L": 0.32; the LCD phantom's sharp FBP: 0.29), but the soft-tissue
-kernels that most low-dose series are read in (B30f, B40f, STD, iDose) make it coarse, a
-mottle a few pixels wide: 0.11-0.15 cycles/pixel in the soft tissue of the real series here
-(bench/results/noise-texture.md). A network shown only ramp-grain noise leaves that mottle
-almost untouched.
+Nyquist frequency, TG-233 centroid about 0.29 cycles/pixel. A scanner reconstructs with a
+kernel, a ramp times an apodization window. A lung kernel leaves the noise about as fine
+(the a0001 chest's Philips "L": 0.28; the LCD phantom's sharp FBP: 0.22), but the
+soft-tissue kernels that most low-dose series are read in make it a coarse mottle: 0.14-0.19
+cycles/pixel in the uniform soft tissue of the B, B30f, B40f and Br38f series here
+(bench/results/noise-texture.md). The shipped v3 networks, shown only ramp-grain noise,
+leave that mottle almost untouched.
 
 FBP is linear, so reconstructing the noise with an apodized ramp is the same as filtering
 the ramp-reconstructed noise image with the window's 2-D filter. A Gaussian window of
-``sigma`` pixels is used here: one number spans ramp-sharp (0) to soft-tissue kernels
-(about 0.8-1.4). The filtered noise is scaled back to its own standard deviation, so the
-grain changes and the noise level does not: the level stays the dose's (and the training
-noise gain's) alone, as the noise calibration of the automatic choice expects.
+``sigma`` pixels is used here: one number spans ramp-sharp (0) to soft-tissue kernels (0.8
+gives the soft kernels' 0.15-0.17 cycles/pixel, 1.2 a smoother 0.11-0.13). The filtered
+noise is scaled back to its own standard deviation, so the grain changes and the noise
+level does not: the level stays the dose's (and the training noise gain's) alone, as the
+noise calibration of the automatic choice expects.
 """
 
 from __future__ import annotations
