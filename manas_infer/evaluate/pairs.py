@@ -67,8 +67,10 @@ def simulated_pairs(
     the same SD (``simulate/texture.py``), 0 keeps the simulator's ramp grain."""
     report = scan(root)
     simulator = LowDoseSimulator(DoseSettings(dose_percent=dose, n_views=n_views), device=device)
-    grain = f", noise grain of a {texture_sigma_px:g}-pixel Gaussian apodization" * (
-        texture_sigma_px > 0
+    grain = (
+        f", noise grain of a {texture_sigma_px:g}-pixel Gaussian apodization"
+        if texture_sigma_px > 0
+        else ""
     )
     source = f"{root}: simulated {dose:g} % dose, seed {seed}{grain}"
     pairs = Pairs([], [], [], source, report.problems)

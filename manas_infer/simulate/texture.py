@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Below this a Gaussian barely touches the ramp's grain (mean frequency -3 %): left as it is.
+# Below this a Gaussian leaves the ramp's grain as it is (NPS centroid moved < 1 %): skipped.
 MIN_SIGMA_PX = 0.25
 
 
