@@ -11,7 +11,7 @@
 # (24 epochs of 2,156 patches of 96 px). One training step of 16 such patches, timed alone
 # on the 2 cores beforehand: MANAS 0.84 s, DnCNN 6.2 s, RED-CNN 9.2 s, which set RED-CNN 3
 # epochs and DnCNN 4. In the real runs RED-CNN's epochs took 30-36 min, not 22: its 3 epochs
-# took 102 min, 1.5x the MANAS budget; DnCNN's took 22-27 min, 91 min in all, 1.4x (the
+# took 102 min, 1.5x the MANAS budget; DnCNN's took 21-27 min, 91 min in all, 1.4x (the
 # baselines got more time, not less). Equal samples would take RED-CNN about 14 hours
 # here: a GPU loan could run that variant (EPOCHS_REDCNN=24 EPOCHS_DNCNN=24).
 # The MANAS search (40 min, once for all doses) is not counted: its cost buys an
