@@ -129,7 +129,14 @@ def test_noise_grain_of_a_soft_kernel_from_real_fbp_noise_at_the_same_sd() -> No
     assert torch.equal(coarse[[0, 1, 4, 7]], noise[[0, 1, 4, 7]])
     soft_f, _ = centre(coarse, [3, 6, 9])
     medium_f, _ = centre(coarse, [2, 5, 8])
-    assert soft_f < medium_f < 0.8 * sharp_f and soft_f < 0.12
+    assert soft_f < medium_f < 0.8 * sharp_f and soft_f < 0.13
+    # The dose's structure (here a 5 HU bias over half the field) passes unscaled, as a
+    # kernel's window passes zero frequency: rescaling it taught shifts of CT numbers.
+    biased = noise[[3]].clone()
+    biased[..., :128] += 5.0
+    shifted = apodize(biased, [1.2]) - apodize(noise[[3]], [1.2])
+    assert float(shifted[..., 16:112].mean()) == pytest.approx(5.0, abs=1.0)
+    assert abs(float(shifted[..., 144:240].mean())) < 1.0
     for i in (2, 3, 5, 6, 8, 9):
         assert float(coarse[i].std()) == pytest.approx(float(noise[i].std()), rel=1e-4)
     aug = Augmentation(texture=(0.0, 1.4))

@@ -17,6 +17,15 @@ gives the soft kernels' 0.15-0.17 cycles/pixel, 1.2 a smoother 0.11-0.13). The f
 noise is scaled back to its own standard deviation, so the grain changes and the noise
 level does not: the level stays the dose's (and the training noise gain's) alone, as the
 noise calibration of the automatic choice expects.
+
+Only the stochastic band is rescaled. A kernel's window passes the lowest frequencies as
+they are (gain 1 at zero frequency), and there the simulated noise is not random grain but
+the dose's structure: photon-starvation bias and the envelope of streaks behind bone and
+through a wide body. Rescaling the whole filtered image multiplied that structure 2.7-fold
+at sigma 0.8 and 4-fold at 1.2 (a pancreas slice at 5 %: mean error in the body 1.6 ->
+7.7 HU), and a network trained on it learnt to shift CT numbers and soften outlines. So the
+part below ``STRUCTURE_SIGMA_PX`` (where a Gaussian window of sigma <= 1.4 px still passes
+over 90 %) is kept unscaled, and the rest is filtered and scaled to restore the total SD.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ from torch import Tensor
 
 # Below this a Gaussian leaves the ramp's grain as it is (NPS centroid moved < 1 %): skipped.
 MIN_SIGMA_PX = 0.25
+# The noise's structured low band: a Gaussian blur of this many pixels (about 0.05 cycles/px).
+STRUCTURE_SIGMA_PX = 3.0
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
@@ -43,12 +54,24 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
 def apodize(noise: Tensor, sigma_px: Tensor | list[float]) -> Tensor:
     """Noise images [B, 1, H, W], each given the grain of a Gaussian-apodized ramp of its own
-    ``sigma_px`` and scaled back to its own standard deviation."""
+    ``sigma_px`` at its own standard deviation, its low band (the dose's structure) unscaled."""
     out = noise.clone()
     for i, sigma in enumerate(torch.as_tensor(sigma_px, dtype=torch.float64).tolist()):
         if sigma < MIN_SIGMA_PX:
             continue
-        coarse = gaussian_blur(noise[i : i + 1], sigma)
-        before, after = noise[i].std(), coarse.std()
-        out[i] = coarse[0] * (before / after.clamp_min(1e-6))
+        image = noise[i : i + 1].double()
+        structure = gaussian_blur(image, STRUCTURE_SIGMA_PX)
+        grain = gaussian_blur(image - structure, sigma)
+        out[i] = (structure + _restoring_scale(structure, grain, image) * grain)[0].to(out)
     return out
+
+
+def _restoring_scale(structure: Tensor, grain: Tensor, image: Tensor) -> float:
+    """k >= 0 with std(structure + k * grain) == std(image): the root of a quadratic in k."""
+    s, g = structure - structure.mean(), grain - grain.mean()
+    var_s, var_g, cov = float(s.pow(2).mean()), float(g.pow(2).mean()), float((s * g).mean())
+    target = float((image - image.mean()).pow(2).mean())
+    if var_g <= 0:
+        return 0.0
+    disc = cov * cov - var_g * (var_s - target)
+    return max(0.0, (-cov + max(disc, 0.0) ** 0.5) / var_g)
