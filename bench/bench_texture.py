@@ -38,6 +38,7 @@ from manas_infer.evaluate.lcd import load_lcd_phantom
 from manas_infer.evaluate.methods import Method, automatic_method
 from manas_infer.evaluate.nps import crop, noise_power_spectrum, uniform_rois
 from manas_infer.evaluate.pairs import Pairs
+from manas_infer.evaluate.physics import PatientPhysics
 from manas_infer.evaluate.report import Scored, score, slice_figure
 from manas_infer.metrics import mean_sd
 from manas_infer.runtime.noise import sample_indices, slice_noise, soft_tissue_mask
@@ -51,7 +52,8 @@ COMMAND = "nice -n 10 .venv/bin/python bench/bench_texture.py"
 
 
 def _nps(images: list[np.ndarray], fulls: list[np.ndarray], spacing: float) -> dict | None:
-    """TG-233 NPS of ``images`` in the uniform soft tissue of the matching full-dose slices."""
+    """TG-233 NPS of ``images`` in the uniform soft tissue of the matching full-dose slices:
+    the real series' own grain, where no method runs (``PatientPhysics`` measures outputs)."""
     rois = []
     for image, full in zip(images, fulls, strict=True):
         corners = uniform_rois(full, ROI, max_rois=6)
@@ -116,9 +118,11 @@ def methods(extra: list[str], bm3d: bool) -> list[Method]:
 
 
 def one_grain(pairs: Pairs, rows: list[Method], figure: Path) -> dict:
-    """Every method on the pairs: quality, RMSE in the body, noise left in uniform tissue."""
-    noise_left: dict[str, list[np.ndarray]] = {}
+    """Every method on the pairs: quality, RMSE in the body, and the noise left in uniform
+    soft tissue as ``evaluate`` measures it (``PatientPhysics``: the input's row is the
+    inserted noise)."""
     rmse: dict[str, list[float]] = {}
+    physics = PatientPhysics(pairs.full, pairs.spacing)
 
     def keep(method: Method, index: int, out: np.ndarray) -> None:
         full = pairs.full[index]
@@ -126,18 +130,24 @@ def one_grain(pairs: Pairs, rows: list[Method], figure: Path) -> dict:
         rmse.setdefault(method.name, []).append(
             float(np.sqrt(np.mean((out - full)[body].astype(np.float64) ** 2)))
         )
-        noise_left.setdefault(method.name, []).append(out - full)
+        physics.add(method, index, out)
 
     scored: list[Scored] = score(pairs, rows, [0], on_output=keep)
-    inserted = [low - full for low, full in zip(pairs.low, pairs.full, strict=True)]
-    spacing = pairs.spacing[0]
+    spacing = physics.pixel_spacing
+    nps = {row["method"]: row.get("nps") for row in physics.result()["rows"]}
     truth = [
-        float(np.std(n[soft_tissue_mask(f)])) for n, f in zip(inserted, pairs.full, strict=True)
+        float(np.std((low - full)[soft_tissue_mask(full)]))
+        for low, full in zip(pairs.low, pairs.full, strict=True)
     ]
     estimate = [slice_noise(low) for low in pairs.low]
+    inserted = nps[rows[0].name]
     result = {
         "slices": pairs.labels,
-        "inserted_noise": _nps(inserted, pairs.full, spacing),
+        "inserted_noise": {
+            "sd_hu": inserted["sd_hu"],
+            "centroid_per_pixel": inserted["mean_frequency"] * spacing,
+            "rois": inserted["n_rois"],
+        },
         "runtime_estimate_over_truth": mean_sd(
             [e / t for e, t in zip(estimate, truth, strict=True) if e is not None]
         ),
@@ -145,12 +155,12 @@ def one_grain(pairs: Pairs, rows: list[Method], figure: Path) -> dict:
     }
     for item in scored:
         name = item.method.name
-        left = _nps(noise_left[name], pairs.full, spacing)
+        left = nps.get(name)
         result["methods"][name] = {
             **{key: item.summary()[key] for key in ("psnr", "ssim_window")},
             "rmse_body_hu": mean_sd(rmse[name]),
             "noise_left_hu": left and left["sd_hu"],
-            "noise_left_centroid_per_pixel": left and left["centroid_per_pixel"],
+            "noise_left_centroid_per_pixel": left and left["mean_frequency"] * spacing,
             "seconds_per_slice": float(np.mean(item.seconds)),
         }
     slice_figure(figure, pairs.labels[0], pairs.full[0], pairs.low[0], scored, 0)
