@@ -42,26 +42,38 @@ def scored(request: pytest.FixtureRequest) -> tuple[dict, dict]:
     return score_model(model, CT), read_card(model)[CARD_KEY]
 
 
+def _grains(entry: dict) -> dict[str, dict]:
+    """The scores per test series at the simulator's ramp grain and a soft kernel's."""
+    return {"ramp": entry["series"], "soft kernel": entry["soft_kernel_grain"]["series"]}
+
+
 def test_shipped_model_clearly_lowers_the_error_on_every_test_patient(scored) -> None:
+    """At both noise grains: the v3 models, shown only the ramp's, took a soft kernel's
+    noise from 109 to 101 HU RMSE on the chest (bench/results/noise-texture.md)."""
     entry, _ = scored
-    for name, scores in entry["series"].items():
-        low, net = scores["input"], scores["denoised"]
-        assert net["psnr"] >= low["psnr"] + MIN_PSNR_GAIN_DB, (name, low["psnr"], net["psnr"])
-        assert net["rmse_hu"] <= MAX_RMSE_RATIO * low["rmse_hu"], (name, low, net)
-        assert net["ssim_window"] > low["ssim_window"], (name, low, net)
-        assert net["ssim"] > low["ssim"], (name, low, net)
+    for grain, series in _grains(entry).items():
+        for name, scores in series.items():
+            low, net = scores["input"], scores["denoised"]
+            where = (grain, name, low, net)
+            assert net["psnr"] >= low["psnr"] + MIN_PSNR_GAIN_DB, where
+            assert net["rmse_hu"] <= MAX_RMSE_RATIO * low["rmse_hu"], where
+            assert net["ssim_window"] > low["ssim_window"], where
+            assert net["ssim"] > low["ssim"], where
 
 
 def test_shipped_model_matches_the_numbers_on_its_card(scored) -> None:
     entry, card = scored
     assert entry["dose_percent"] == card["dose_percent"]
     assert entry["strength_percent"] == card["strength_percent"]
-    assert set(entry["series"]) == set(card["series"]) == set(TEST_SERIES)
-    for name, scores in entry["series"].items():
-        stated = card["series"][name]
-        assert scores["slices"] == stated["slices"]
-        for role in ("input", "denoised"):
-            for metric in METRICS:
-                assert scores[role][metric] == pytest.approx(
-                    stated[role][metric], abs=TOLERANCE[metric]
-                ), (name, role, metric)
+    assert entry["soft_kernel_grain"]["sigma_px"] == card["soft_kernel_grain"]["sigma_px"]
+    stated_grains = _grains(card)
+    for grain, series in _grains(entry).items():
+        assert set(series) == set(stated_grains[grain]) == set(TEST_SERIES)
+        for name, scores in series.items():
+            stated = stated_grains[grain][name]
+            assert scores["slices"] == stated["slices"]
+            for role in ("input", "denoised"):
+                for metric in METRICS:
+                    assert scores[role][metric] == pytest.approx(
+                        stated[role][metric], abs=TOLERANCE[metric]
+                    ), (grain, name, role, metric)
