@@ -10,7 +10,7 @@
 # The baselines are the v3 comparison's (scripts/compare-v3.sh: RED-CNN and DnCNN trained at
 # 5 % with the v3 recipe at equal wall time, no grain augmentation); at 10 and 2.5 % they
 # stay in compare-v3-tables.md. Every report is skipped once written, so a stopped script
-# is simply started again. Environment: scripts/v2-runs.sh; SLICES (default 6), OUT, GRAINS.
+# is simply started again. Environment: scripts/v2-runs.sh; SLICES (default 6), OUT, GRAINS, DOSES.
 set -uo pipefail  # not -e: evaluate exits 1 after naming a0002's truncated file, and goes on
 cd "$(dirname "$0")/.."
 export RUNS=${RUNS:-runs/shipped-v4} TUNED=${TUNED:-runs/tuned-v4}
@@ -18,11 +18,12 @@ source scripts/v2-runs.sh
 SLICES=${SLICES:-6}
 OUT=${OUT:-bench/results}
 read -r -a GRAINS <<< "${GRAINS:-0 0.8}"
+read -r -a DOSES <<< "${DOSES:-5 10 2.5}"
 V3_TUNED=models/training/tuned-v3
 V3=models/training/shipped-v3
 
 for grain in "${GRAINS[@]}"; do
-    for dose in 5 10 2.5; do
+    for dose in "${DOSES[@]}"; do
         methods=("$(RUNS=$TUNED newest_run manas "$dose")" "$(RUNS=$V3_TUNED newest_run manas "$dose")")
         if [ "$dose" = 5 ]; then
             methods+=("$(RUNS=$V3 newest_run redcnn 5)" "$(RUNS=$V3 newest_run dncnn 5)" --bm3d)
