@@ -407,15 +407,20 @@ def card_genotype():
 
 
 def trained_network() -> tuple[Any, str]:
-    """The newest trained MANAS network kept in models/training (genotype + weights), in
-    eval mode on the CPU; the manas-5pct card's genotype with fresh weights otherwise."""
+    """The shipped manas-5pct's network as kept in models/training (the run its card names),
+    else the newest kept MANAS run, in eval mode on the CPU; the card's genotype with fresh
+    weights when none loads. The shipped run first: a newer kept run may be a candidate that
+    was not shipped, and its float16 need not pass the export gate."""
     import torch
 
     from manas_infer.train.genotype import Genotype
     from manas_infer.train.network import DerivedNetwork
 
+    card = json.loads((REPO / "models" / "manas-5pct.card.json").read_text())
+    shipped = card.get("training", {}).get("run", "")
     found = sorted(
-        REPO.glob("models/training/*/*/checkpoints/best.pt"), key=lambda p: p.parent.parent.name
+        REPO.glob("models/training/*/*/checkpoints/best.pt"),
+        key=lambda p: (p.parent.parent.name == shipped, p.parent.parent.name),
     )
     problems = []
     for path in reversed(found):
