@@ -398,12 +398,16 @@ def noisy(hu_tensor, seed: int = 0):
     return hu_tensor + NOISE_HU * torch.randn(hu_tensor.shape, generator=g)
 
 
+def shipped_card() -> dict:
+    """The shipped manas-5pct model's card."""
+    return json.loads((REPO / "models" / "manas-5pct.card.json").read_text())
+
+
 def card_genotype():
     """The genotype of the shipped manas-5pct model (its card)."""
     from manas_infer.train.genotype import Genotype
 
-    card = json.loads((REPO / "models" / "manas-5pct.card.json").read_text())
-    return Genotype.from_json(json.dumps(card["genotype"]))
+    return Genotype.from_json(json.dumps(shipped_card()["genotype"]))
 
 
 def trained_network() -> tuple[Any, str]:
@@ -416,8 +420,7 @@ def trained_network() -> tuple[Any, str]:
     from manas_infer.train.genotype import Genotype
     from manas_infer.train.network import DerivedNetwork
 
-    card = json.loads((REPO / "models" / "manas-5pct.card.json").read_text())
-    shipped = card.get("training", {}).get("run", "")
+    shipped = shipped_card().get("training", {}).get("run", "")
     found = sorted(
         REPO.glob("models/training/*/*/checkpoints/best.pt"),
         key=lambda p: (p.parent.parent.name == shipped, p.parent.parent.name),

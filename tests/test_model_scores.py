@@ -13,6 +13,7 @@ from manas_infer.evaluate.scorecard import (
     METRICS,
     TEST_SERIES,
     score_model,
+    series_by_grain,
     shipped_models,
 )
 from manas_infer.runtime.models import read_card
@@ -42,11 +43,6 @@ def scored(request: pytest.FixtureRequest) -> tuple[dict, dict]:
     return score_model(model, CT), read_card(model)[CARD_KEY]
 
 
-def _grains(entry: dict) -> dict[str, dict]:
-    """The scores per test series at the simulator's ramp grain and a soft kernel's."""
-    return {"ramp": entry["series"], "soft kernel": entry["soft_kernel_grain"]["series"]}
-
-
 def test_shipped_model_clearly_lowers_the_error_on_every_test_patient(scored) -> None:
     entry, _ = scored
     for name, scores in entry["series"].items():
@@ -74,8 +70,8 @@ def test_shipped_model_matches_the_numbers_on_its_card(scored) -> None:
     assert entry["dose_percent"] == card["dose_percent"]
     assert entry["strength_percent"] == card["strength_percent"]
     assert entry["soft_kernel_grain"]["sigma_px"] == card["soft_kernel_grain"]["sigma_px"]
-    stated_grains = _grains(card)
-    for grain, series in _grains(entry).items():
+    stated_grains = series_by_grain(card)
+    for grain, series in series_by_grain(entry).items():
         assert set(series) == set(stated_grains[grain]) == set(TEST_SERIES)
         for name, scores in series.items():
             stated = stated_grains[grain][name]

@@ -52,6 +52,18 @@ def _grain(noise: np.ndarray, sigma_px: float) -> np.ndarray:
     return apodize(as_tensor, [sigma_px])[0, 0].numpy()
 
 
+def with_grain(pairs: Pairs, sigma_px: float) -> Pairs:
+    """The same slices and noise SD, the noise (low - full) given the coarser grain of a
+    soft-tissue kernel (``simulate/texture.py``): no second simulation for a second grain."""
+    grained = Pairs([], [], [], f"{pairs.source}, noise grain of a {sigma_px:g}-pixel "
+                    "Gaussian apodization", list(pairs.problems))  # fmt: skip
+    for low, full, label, spacing in zip(
+        pairs.low, pairs.full, pairs.labels, pairs.spacing, strict=True
+    ):
+        grained.add(full + _grain(low - full, sigma_px), full, label, spacing)
+    return grained
+
+
 def simulated_pairs(
     root: Path,
     dose: float,
@@ -67,12 +79,7 @@ def simulated_pairs(
     the same SD (``simulate/texture.py``), 0 keeps the simulator's ramp grain."""
     report = scan(root)
     simulator = LowDoseSimulator(DoseSettings(dose_percent=dose, n_views=n_views), device=device)
-    grain = (
-        f", noise grain of a {texture_sigma_px:g}-pixel Gaussian apodization"
-        if texture_sigma_px > 0
-        else ""
-    )
-    source = f"{root}: simulated {dose:g} % dose, seed {seed}{grain}"
+    source = f"{root}: simulated {dose:g} % dose, seed {seed}"
     pairs = Pairs([], [], [], source, report.problems)
     for s_index, series in enumerate(report.series):
         for i in evenly_spaced(series.n_slices, max_slices).tolist():
@@ -84,14 +91,12 @@ def simulated_pairs(
             low = simulator.simulate_numpy(
                 full, series.pixel_spacing[0], seed=seed * 1_000_003 + s_index * 10_007 + i
             )
-            if texture_sigma_px > 0:
-                low = full + _grain(low - full, texture_sigma_px)
             pairs.add(low, full, f"{series.folder.name}, slice {i + 1}", series.pixel_spacing[0])
             if on_slice is not None:
                 on_slice()
     if not pairs.full:
         raise InputProblem(root, "no usable CT slices to evaluate on")
-    return pairs
+    return with_grain(pairs, texture_sigma_px) if texture_sigma_px > 0 else pairs
 
 
 def _one_series(root: Path, role: str) -> CTSeries:

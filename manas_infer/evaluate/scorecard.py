@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from manas_infer.config import shared_ct_root
-from manas_infer.evaluate.pairs import Pairs, simulated_pairs
+from manas_infer.evaluate.pairs import Pairs, simulated_pairs, with_grain
 from manas_infer.hu import normalize
 from manas_infer.metrics import quality
 from manas_infer.runtime import Denoiser
@@ -41,18 +41,19 @@ CARD_KEY = "scorecard"
 SOFT_KERNEL_SIGMA_PX = 0.8
 
 
-def scored_pairs(ct_root: Path, dose: float, texture_sigma_px: float = 0.0) -> dict[str, Pairs]:
+def scored_pairs(ct_root: Path, dose: float) -> dict[str, Pairs]:
     """The fixed slices of each test series, full dose and simulated at ``dose`` percent."""
     return {
-        name: simulated_pairs(
-            ct_root / name,
-            dose,
-            seed=SEED,
-            max_slices=SLICES_PER_SERIES,
-            texture_sigma_px=texture_sigma_px,
-        )
+        name: simulated_pairs(ct_root / name, dose, seed=SEED, max_slices=SLICES_PER_SERIES)
         for name in TEST_SERIES
     }
+
+
+def series_by_grain(entry: dict) -> dict[str, dict]:
+    """A scorecard entry's scores per test series, at the simulator's ramp grain and at a
+    soft-tissue kernel's."""
+    return {"ramp grain": entry["series"],
+            "soft-kernel grain": entry["soft_kernel_grain"]["series"]}  # fmt: skip
 
 
 def _scores(images: list[np.ndarray], full: list[np.ndarray]) -> dict[str, float]:
@@ -70,9 +71,12 @@ def score_model(model: Path, ct_root: Path, device: str = "cpu") -> dict:
     denoiser = Denoiser(model, device=device, warm_up=None)
     dose = float(denoiser.card["dose_percent"])
 
-    def series(texture_sigma_px: float) -> dict:
+    ramp = scored_pairs(ct_root, dose)
+    soft = {name: with_grain(pairs, SOFT_KERNEL_SIGMA_PX) for name, pairs in ramp.items()}
+
+    def series(pairs_by_name: dict[str, Pairs]) -> dict:
         scores = {}
-        for name, pairs in scored_pairs(ct_root, dose, texture_sigma_px).items():
+        for name, pairs in pairs_by_name.items():
             denoised = [denoiser.denoise(low) for low in pairs.low]
             scores[name] = {
                 "slices": pairs.labels,
@@ -90,14 +94,14 @@ def score_model(model: Path, ct_root: Path, device: str = "cpu") -> dict:
         "command": "python -m manas_infer.evaluate.scorecard --write",
         "dose_percent": dose,
         "strength_percent": DEFAULT_STRENGTH,
-        "series": series(0.0),
+        "series": series(ramp),
         "soft_kernel_grain": {
             "what": (
                 f"the same slices and noise SD, the noise given a soft-tissue kernel's grain "
                 f"(Gaussian-apodized ramp, sigma {SOFT_KERNEL_SIGMA_PX:g} px)"
             ),
             "sigma_px": SOFT_KERNEL_SIGMA_PX,
-            "series": series(SOFT_KERNEL_SIGMA_PX),
+            "series": series(soft),
         },
     }
 
@@ -114,9 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     for model in shipped_models():
         entry = score_model(model, args.data)
-        grains = {"ramp grain": entry["series"],
-                  "soft-kernel grain": entry["soft_kernel_grain"]["series"]}  # fmt: skip
-        for grain, series in grains.items():
+        for grain, series in series_by_grain(entry).items():
             for name, scores in series.items():
                 low, net = scores["input"], scores["denoised"]
                 print(
