@@ -104,6 +104,20 @@ def test_strength_zero_is_the_input_and_full_is_the_network_up_to_the_guard(
             check_strength(bad)
 
 
+def test_scanner_padding_comes_back_as_it_came(five_pct: Denoiser, head_slice: np.ndarray) -> None:
+    """The GE head's out-of-field circle (-1500 HU, written by the scanner): the bare network
+    moves it (it sees it clamped to -1024), the denoiser returns it untouched at every
+    strength, and the patient inside is still denoised."""
+    padding = head_slice <= -1500.0
+    assert padding.sum() > 20_000  # the corners outside the reconstruction circle
+    net = five_pct(head_slice)
+    assert float(np.abs(net - head_slice)[padding].max()) > 0.5
+    for strength in (50.0, DEFAULT_STRENGTH, 100.0):
+        out = five_pct.denoise(head_slice, strength)
+        assert np.array_equal(out[padding], head_slice[padding]), strength
+        assert float(np.abs(out - head_slice)[~padding].mean()) > 1.0
+
+
 def test_bias_guard_keeps_uniform_regions_within_2_hu_on_a_real_slice(
     five_pct: Denoiser, head_slice: np.ndarray
 ) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from manas_infer.data.series import CTSeries, scan
 from manas_infer.errors import InputProblem
+from manas_infer.hu import is_padding
 from manas_infer.simulate.dose import DoseSettings, LowDoseSimulator
 from manas_infer.simulate.texture import apodize
 from manas_infer.train.dataset import PreparedDataset, evenly_spaced
@@ -60,7 +61,8 @@ def with_grain(pairs: Pairs, sigma_px: float) -> Pairs:
     for low, full, label, spacing in zip(
         pairs.low, pairs.full, pairs.labels, pairs.spacing, strict=True
     ):
-        grained.add(full + _grain(low - full, sigma_px), full, label, spacing)
+        grained.add(np.where(is_padding(full), low, full + _grain(low - full, sigma_px)),
+                    full, label, spacing)  # fmt: skip
     return grained
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from manas_infer.hu import is_padding
+
 # Uniform regions of a normal-dose slice (after a 1.5 px Gaussian), eroded so a region's
 # mean is not its border's: where the guard's promise (mean HU kept within 2 HU of the full
 # dose) is measured, by bench/bench_noise_choice.py and the tests. (low HU, high HU, erosion)
@@ -30,8 +32,6 @@ UNIFORM_REGIONS = {
 }
 # Chosen by measurement: bench/results/noise-choice.md (bench/bench_noise_choice.py).
 BIAS_GUARD_SIGMA_PX = 12.0
-# Pixels below this are scanner padding, not anatomy (air is -1000 HU; padding -2000..-3024).
-PADDING_BELOW_HU = -1500.0
 _DECIMATION = 4
 
 
@@ -81,7 +81,7 @@ def low_frequencies(removed: np.ndarray, hu: np.ndarray, sigma_px: float) -> np.
     single = removed.ndim == 2
     removed_stack = np.asarray(removed[None] if single else removed, dtype=np.float32)
     hu_stack = np.asarray(hu[None] if single else hu, dtype=np.float32)
-    valid = (hu_stack > PADDING_BELOW_HU).astype(np.float32)
+    valid = (~is_padding(hu_stack)).astype(np.float32)
     weight = _smooth(valid, sigma_px)
     mean = _smooth(removed_stack * valid, sigma_px) / np.maximum(weight, 1e-3)
     mean[weight < 1e-3] = 0.0

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from manas_infer.hu import is_padding
+
 # The default, measured with the shipped models on whole slices of six real series at
 # simulated 10 / 5 / 2.5 % dose (bench/results/noise-choice.md): the error against the full
 # dose is lowest at 100 % on four series, but at 50-60 % on the held-out lung-kernel chest
@@ -44,11 +46,17 @@ def check_strength(percent: float, what: str = "--strength") -> float:
 def apply_strength(
     hu: np.ndarray, net_out: np.ndarray, percent: float, guard_sigma_px: float | None
 ) -> np.ndarray:
-    """``hu - percent/100 * removed``, ``removed`` = ``hu - net_out`` without its bias."""
+    """``hu - percent/100 * removed``, ``removed`` = ``hu - net_out`` without its bias.
+
+    Scanner padding (``hu.is_padding``) comes back as it came: it holds no noise, and the
+    network, which sees it clamped to -1024 HU, would otherwise shift it (the v4 candidate by
+    about -47 HU on the GE head's out-of-field circle).
+    """
     if percent <= 0.0:
         return np.array(hu, dtype=np.float32, copy=True)
     from manas_infer.runtime.guard import without_bias
 
     hu = np.asarray(hu, dtype=np.float32)
     removed = without_bias(hu - np.asarray(net_out, dtype=np.float32), hu, guard_sigma_px)
+    removed[is_padding(hu)] = 0.0
     return (hu - np.float32(percent / 100.0) * removed).astype(np.float32, copy=False)

@@ -5,6 +5,8 @@ HU -> attenuation per pixel -> line integrals y -> counts Poisson(p exp(-y)) + N
 -> y_hat = ln(p / counts). The default ``insertion`` mode adds FBP(y_hat - y) to the normal-
 dose image, so only noise is added and the image keeps its own resolution and texture;
 ``reconstruction`` returns FBP(y_hat) itself, with the blur and artefacts of this projector.
+Either way scanner padding outside the reconstruction circle (``hu.is_padding``) comes back
+as it went in: a scanner writes that constant at every dose, with no noise in it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from manas_infer.hu import is_padding
 from manas_infer.simulate.projector import ParallelBeamProjector
 
 # Linear attenuation of water at ~70 keV, the effective energy of a 120 kVp CT beam.
@@ -215,6 +218,7 @@ class LowDoseSimulator:
             out = x + proj.fbp(delta) * hu_per_mu_px
         else:
             out = proj.fbp(y + delta) * hu_per_mu_px - 1000.0
+        out = torch.where(is_padding(x), x, out)
         out = out[:, top : top + height, left : left + width]
         out = out[0] if single else out
         return out.to(hu.device)

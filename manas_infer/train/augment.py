@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from manas_infer.hu import HU_MAX, HU_MIN
+from manas_infer.hu import HU_MAX, HU_MIN, is_padding
 from manas_infer.simulate.texture import apodize, gaussian_blur
 
 AIR_HU = -1000.0
@@ -107,6 +107,7 @@ def augment_pairs(
         lo, hi = aug.texture
         sigma = lo + (hi - lo) * torch.rand(count, generator=generator, dtype=torch.float64)
         noise = apodize(noise, sigma)
+    noise = torch.where(is_padding(normal), 0.0, noise)  # padding stays noise-free (hu.py)
     if aug.sharpen[1] > 0:
         normal = normal + amount * (normal - gaussian_blur(normal, SHARPEN_SIGMA))
     normal = AIR_HU + scale * (normal - AIR_HU)
