@@ -1,5 +1,6 @@
 """The comparison tables of ``scripts/compare-v3.sh`` (and, with ``--name compare-v4 --grain
-0 --grain 0.8``, of ``compare-v4.sh``), one per dose, from its report folders.
+0 --grain 0.8``, of ``compare-v4.sh``; ``--name compare-v5`` for its v5 run), one per dose,
+from its report folders.
 
 Not a test: run it after the script, ``.venv/bin/python bench/compare_tables.py``. For each
 dose and untouched test patient it reads ``bench/results/compare-v3-DOSEpct-SERIES/
