@@ -16,10 +16,11 @@ from manas_infer.evaluate.scorecard import (
     series_by_grain,
     shipped_models,
 )
-from manas_infer.runtime.models import read_card
+from manas_infer.runtime.models import read_card, taught_grain
 
-# What "helps clearly" means on every test patient: the smallest gains of today's models are
-# +2.8 dB and 72 % of the input's RMSE (10 %, the head, which carries the least noise).
+# What "helps clearly" means on every test patient: the smallest gains of the shipped models
+# where this holds them are +4.3 dB and 62 % of the input's RMSE (manas-10pct-soft, the head,
+# which carries the least noise).
 MIN_PSNR_GAIN_DB = 2.0
 MAX_RMSE_RATIO = 0.8
 # Re-scoring on the same machine reproduces the card to rounding; another CPU's float
@@ -30,7 +31,8 @@ SHIPPED = shipped_models()
 
 def test_every_shipped_model_is_covered() -> None:
     names = sorted(path.stem for path in SHIPPED)
-    assert names == ["manas-10pct", "manas-2.5pct", "manas-5pct"]
+    doses = ("10", "2.5", "5")
+    assert names == sorted([f"manas-{d}pct" for d in doses] + [f"manas-{d}pct-soft" for d in doses])
     for model in SHIPPED:
         assert CARD_KEY in read_card(model), f"{model.name}: card has no {CARD_KEY}"
 
@@ -53,16 +55,22 @@ def test_shipped_model_clearly_lowers_the_error_on_every_test_patient(scored) ->
         assert net["ssim"] > low["ssim"], (name, low, net)
 
 
-def test_shipped_model_helps_with_a_soft_kernels_noise_grain_too(scored) -> None:
-    """The same noise SD with a soft-tissue kernel's coarser grain, which the v3 models were
-    never shown: they must still lower the error and raise the window SSIM on every test
-    patient, if by far less (bench/results/compare-v4.md; the "clearly" gate above is for
-    the grain they were trained on, until a recipe that learns both ships)."""
+def test_shipped_model_helps_with_a_soft_kernels_noise_grain_too(scored, request) -> None:
+    """The same noise SD with a soft-tissue kernel's coarser grain. The ``-soft`` models,
+    taught it (recipe v5), must help there as clearly as at the ramp's grain: their smallest
+    gain is +4.3 dB and 62 % of the input's RMSE (10 %, the head). The fine-grain models
+    (v3), never shown it, must still lower the error and raise the window SSIM on every test
+    patient, if by far less (+1.6 dB on the chest); the automatic choice sends such series
+    to the -soft family (bench/results/compare-v5.md)."""
     entry, _ = scored
+    coarse = taught_grain(read_card(request.node.callspec.params["scored"])) == "coarse"
     for name, scores in entry["soft_kernel_grain"]["series"].items():
         low, net = scores["input"], scores["denoised"]
         assert net["psnr"] > low["psnr"] and net["rmse_hu"] < low["rmse_hu"], (name, low, net)
         assert net["ssim_window"] > low["ssim_window"], (name, low, net)
+        if coarse:
+            assert net["psnr"] >= low["psnr"] + MIN_PSNR_GAIN_DB, (name, low, net)
+            assert net["rmse_hu"] <= MAX_RMSE_RATIO * low["rmse_hu"], (name, low, net)
 
 
 def test_shipped_model_matches_the_numbers_on_its_card(scored) -> None:

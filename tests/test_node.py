@@ -34,6 +34,7 @@ from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage, MRImage
 
 from manas_infer.data.series import scan
 from manas_infer.runtime.choice import choose
+from manas_infer.runtime.models import read_card
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
@@ -297,7 +298,7 @@ def test_storescu_plain_and_jpeg2000_series_come_back_valid(shared: dict) -> Non
     # No routing rule matches the chest: the node measures its noise and picks the model
     # (runtime/choice.py), as `denoise` without --model/--dose does.
     auto = choose(scan(base / "in-chest").series[0])
-    chest_dose = auto.model.name.removeprefix("manas-").removesuffix("pct") + " %"
+    chest_dose = f"{read_card(auto.model.path)['dose_percent']:g} %"
     for source_uid, files, model, dose in ((chest_uid, chest, auto.model.name, chest_dose),
                                            (j2k_uid, j2k, "manas-10pct", "10 %")):  # fmt: skip
         derived = wait_derived(out, source_uid, len(files))

@@ -23,7 +23,13 @@ from manas_infer.runtime import Denoiser, ModelError
 from manas_infer.runtime.calibrate import COMMAND, model_doses
 from manas_infer.runtime.choice import NoiseLevels, choose, fit, load_levels
 from manas_infer.runtime.guard import BIAS_GUARD_SIGMA_PX, low_frequencies, uniform_regions
-from manas_infer.runtime.noise import slice_noise, soft_tissue_mask
+from manas_infer.runtime.noise import (
+    FINE_GRAIN_FROM,
+    slice_grain,
+    slice_noise,
+    soft_tissue_mask,
+    volume_noise,
+)
 from manas_infer.runtime.strength import DEFAULT_STRENGTH, StrengthError, check_strength
 
 HEAD = CT / "ge-head-std"
@@ -74,6 +80,46 @@ def test_estimator_returns_simulated_low_dose_noise_on_a_real_slice() -> None:
     true = float(np.hypot((low - normal)[mask].std(), slice_noise(normal)))
     assert true > 60  # really noisy: the check is about the correlated noise, not the image
     assert _within(slice_noise(low), true, 0.10)
+
+
+def test_grain_tells_the_ramp_and_sharp_kernels_from_a_soft_kernels_mottle() -> None:
+    """White noise reads 1; a real abdomen at simulated 5 % reads fine at the simulator's
+    ramp grain and coarse with a soft kernel's grain at the same SD; the series' own
+    normal-dose noise reads coarse (an iDose abdomen kernel)."""
+    from manas_infer.evaluate.pairs import Pairs, with_grain
+    from manas_infer.simulate.dose import DoseSettings, LowDoseSimulator
+
+    rng = np.random.default_rng(0)
+    white = np.float32(40.0) + rng.normal(0, 50, (256, 256)).astype(np.float32)
+    assert abs(slice_grain(white) - 1.0) < 0.03
+    series = scan(need(PANCREAS)).series[0]
+    normal = series.read_slice_hu(series.n_slices // 2)
+    low = LowDoseSimulator(DoseSettings(dose_percent=5)).simulate_numpy(
+        normal, series.pixel_spacing[0], seed=0
+    )
+    soft = with_grain(Pairs([low], [normal], ["x"], "test", spacing=[1.0]), 0.8).low[0]
+    ramp_grain, soft_grain = slice_grain(low), slice_grain(soft)
+    assert ramp_grain > 0.9 and soft_grain < 0.7, (ramp_grain, soft_grain)
+    assert slice_grain(normal) < FINE_GRAIN_FROM
+    # The noise SD itself does not depend on the grain (the choice of dose stays right).
+    assert _within(slice_noise(soft), slice_noise(low), 0.06)
+    estimate = volume_noise(np.stack([soft, soft]))
+    assert estimate.grain_name == "coarse" and "coarse grain" in estimate.describe()
+
+
+def test_each_grain_gets_the_model_family_taught_it() -> None:
+    """The calibration knows which shipped models were taught a soft kernel's grain; the
+    same noise SD gets the fine model for fine grain and the soft one for coarse grain, at
+    the same dose and strength; an unmeasured grain falls back to every model."""
+    levels = load_levels()
+    assert {level.grain for level in levels.models} == {"fine", "coarse"}
+    for level in levels.models:
+        assert (level.grain == "coarse") == level.name.endswith("-soft"), level
+    fine, strength_fine = fit(75.0, levels, grain="fine")
+    coarse, strength_coarse = fit(75.0, levels, grain="coarse")
+    assert fine.name == "manas-5pct" and coarse.name == "manas-5pct-soft"
+    assert strength_fine == strength_coarse == DEFAULT_STRENGTH
+    assert fit(75.0, levels)[0].name in {"manas-5pct", "manas-5pct-soft"}
 
 
 @pytest.fixture(scope="module")
@@ -185,11 +231,14 @@ def test_fit_gives_noisier_series_stronger_models_and_clean_ones_nothing() -> No
     levels = load_levels()
     assert levels is not None
     sds = np.geomspace(levels.normal_dose_hu * 0.3, 400, 40)
-    fitted = [fit(float(sd), levels) for sd in sds]
-    centres = [m.centre_hu for m, _ in fitted]
-    strengths = [s for _, s in fitted]
-    assert centres == sorted(centres) and len(set(centres)) == len(levels.models)
-    assert strengths == sorted(strengths) and strengths[-1] == DEFAULT_STRENGTH
+    for grain in ("fine", "coarse"):
+        family = [level for level in levels.models if level.grain == grain]
+        fitted = [fit(float(sd), levels, grain=grain) for sd in sds]
+        assert {m.grain for m, _ in fitted} == {grain}
+        centres = [m.centre_hu for m, _ in fitted]
+        strengths = [s for _, s in fitted]
+        assert centres == sorted(centres) and len(set(centres)) == len(family) == 3
+        assert strengths == sorted(strengths) and strengths[-1] == DEFAULT_STRENGTH
     assert fit(levels.normal_dose_hu * 0.9, levels)[1] == 0.0
     synthetic = NoiseLevels(levels.models, 20.0, levels.source)
     assert 0 < fit(30.0, synthetic)[1] < DEFAULT_STRENGTH

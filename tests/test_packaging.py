@@ -73,8 +73,9 @@ def test_wheel_holds_every_package_and_the_shipped_models(wheel):
         folder = package.replace(".", "/")
         assert any(n.startswith(folder + "/") for n in names), f"{package} missing from {wheel}"
     for dose in ("10", "5", "2.5"):
-        for suffix in (".onnx", ".card.json"):
-            assert f"manas_infer/models/manas-{dose}pct{suffix}" in names
+        for family in ("", "-soft"):  # fine grain (sharp kernels) and soft kernels' grain
+            for suffix in (".onnx", ".card.json"):
+                assert f"manas_infer/models/manas-{dose}pct{family}{suffix}" in names
     # float16 variants ship only where export's 2 HU parity gate passed (today the 5 % one)
     variants = sorted(p.name for p in (REPO / "models").glob("*.fp16.*"))
     assert variants, "no float16 variant in models/"

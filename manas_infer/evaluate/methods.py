@@ -58,13 +58,14 @@ def model_method(model: str | Path, device: str = "auto") -> Method:
 
 
 def automatic_method(device: str = "auto") -> Method:
-    """What ``denoise`` gives without ``--model`` or ``--dose``: the image's own noise picks
-    the model and the strength (``runtime/choice.py``), then the runtime applies them with
-    its CT-number guard. Chosen per image: the phantom's images are single slices."""
+    """What ``denoise`` gives without ``--model`` or ``--dose``: the image's own noise (its SD
+    and grain) picks the model and the strength (``runtime/choice.py``), then the runtime
+    applies them with its CT-number guard. Chosen per image: the phantom's images are
+    single slices."""
     from manas_infer.runtime import Denoiser
     from manas_infer.runtime.choice import fit, load_levels
     from manas_infer.runtime.models import DEFAULT_MODEL
-    from manas_infer.runtime.noise import slice_noise
+    from manas_infer.runtime.noise import grain_name, slice_grain, slice_noise
     from manas_infer.runtime.strength import DEFAULT_STRENGTH
 
     levels = load_levels()
@@ -76,7 +77,7 @@ def automatic_method(device: str = "auto") -> Method:
         sd = slice_noise(hu)
         name, strength = DEFAULT_MODEL, DEFAULT_STRENGTH
         if sd is not None:
-            level, strength = fit(sd, levels)
+            level, strength = fit(sd, levels, grain=grain_name(slice_grain(hu)))
             name = level.name
         if name not in denoisers:
             denoisers[name] = Denoiser(name, device=device, warm_up=None)

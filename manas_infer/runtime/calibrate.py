@@ -34,7 +34,7 @@ from manas_infer.config import cache_root, shared_ct_root
 from manas_infer.data.series import scan
 from manas_infer.hashing import text_sha256
 from manas_infer.runtime.choice import LEVELS_FORMAT, levels_path
-from manas_infer.runtime.models import list_models, models_dir
+from manas_infer.runtime.models import list_models, models_dir, taught_grain
 from manas_infer.runtime.noise import volume_noise
 
 TRAINING_STYLE = ("pancreas-ct-cb-001", "tcga-thca-de-a4ma-wholebody")
@@ -108,6 +108,7 @@ def calibrate(data: Path, folder: Path, count: int = SLICES) -> dict:
             gc = math.sqrt(g0 * g1)
             at = {g: volume_noise(normal + g * noise[dose]).sd_hu for g in (g0, gc, g1)}
             per_series[name]["models"][model] = [round(at[g], 2) for g in (g0, gc, g1)]
+    grains = {info.name: taught_grain(info.card) for info in list_models(folder)}
     result_models = {}
     for model, (dose, gains) in models.items():
         by_gain = [
@@ -119,6 +120,7 @@ def calibrate(data: Path, folder: Path, count: int = SLICES) -> dict:
             "noise_gain": list(gains),
             "noise_hu": round(by_gain[1], 1),
             "noise_range_hu": [round(by_gain[0], 1), round(by_gain[2], 1)],
+            "grain": grains[model],
         }
     normal = geometric_mean([per_series[s]["normal_hu"] for s in TRAINING_STYLE])
     return {
@@ -126,7 +128,8 @@ def calibrate(data: Path, folder: Path, count: int = SLICES) -> dict:
         "version": 1,
         "what": "noise SD (HU) each model was trained on, as manas_infer.runtime.noise "
         "measures it (soft tissue, 7x7 mean residual, MAD); noise_hu at the centre of the "
-        "training noise gain, noise_range_hu at its ends",
+        "training noise gain, noise_range_hu at its ends; grain: the noise grain it was "
+        "taught (fine: the simulator's ramp; coarse: a soft-tissue kernel's too)",
         "command": COMMAND,
         "created": dt.datetime.now().isoformat(timespec="seconds"),
         "data": [str(Path("../shared/data/ct") / s) for s in TRAINING_STYLE],

@@ -5,7 +5,10 @@ must come out almost untouched. So when neither a model nor a dose is given, the
 noise is measured (``noise.py``) and compared with the noise each shipped model was trained
 on (``models/noise-levels.json``, written by ``python -m manas_infer.runtime.calibrate``):
 
-- the model whose training noise (the centre of its range, in log scale) is nearest;
+- among the models taught the series' noise grain (``noise.py``: fine, as the simulator's
+  ramp filter and sharp kernels make it, or the coarser mottle of soft-tissue kernels; all
+  models when none was taught it or the grain cannot be measured), the one whose training
+  noise (the centre of its range, in log scale) is nearest;
 - the default strength for noise the models were trained on, and less below that, in
   proportion to the noise above what the models were taught to leave in (the noise of the
   normal-dose training series, ``normal_dose_hu``): with ``excess(sd) = sqrt(sd^2 -
@@ -49,6 +52,7 @@ class ModelLevel:
     centre_hu: float
     low_hu: float
     high_hu: float
+    grain: str = "fine"  # the noise grain it was taught: fine, or coarse too (soft kernels)
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,12 @@ def load_levels(folder: Path | None = None) -> NoiseLevels | None:
         if data.get("format") != LEVELS_FORMAT:
             raise ValueError(f"format is {data.get('format')!r}, not {LEVELS_FORMAT!r}")
         models = tuple(
-            ModelLevel(name, float(entry["noise_hu"]), *map(float, entry["noise_range_hu"]))
+            ModelLevel(
+                name,
+                float(entry["noise_hu"]),
+                *map(float, entry["noise_range_hu"]),
+                str(entry.get("grain", "fine")),
+            )
             for name, entry in sorted(data["models"].items())
         )
         normal = float(data["normal_dose_hu"])
@@ -123,10 +132,15 @@ def excess(sd: float, normal: float) -> float:
 
 
 def fit(
-    sd: float, levels: NoiseLevels, default_strength: float = DEFAULT_STRENGTH
+    sd: float,
+    levels: NoiseLevels,
+    default_strength: float = DEFAULT_STRENGTH,
+    grain: str | None = None,
 ) -> tuple[ModelLevel, float]:
-    """The nearest model (log noise) and the strength for the noise above normal dose."""
-    model = min(levels.models, key=lambda level: abs(math.log(sd / level.centre_hu)))
+    """The nearest model (log noise) among those taught ``grain`` (all when None or none
+    was), and the strength for the noise above normal dose."""
+    family = [level for level in levels.models if level.grain == grain] or levels.models
+    model = min(family, key=lambda level: abs(math.log(sd / level.centre_hu)))
     weakest = min(level.centre_hu for level in levels.models)
     ratio = excess(sd, levels.normal_dose_hu) / excess(weakest, levels.normal_dose_hu)
     return model, float(round(default_strength * min(ratio, 1.0)))
@@ -173,14 +187,15 @@ def choose(
             f"{noise.describe()}: default model {picked.name}, strength {applied:g} %",
             noise,
         )
-    level, fitted = fit(noise.sd_hu, levels)
+    level, fitted = fit(noise.sd_hu, levels, grain=noise.grain_name)
     picked = ModelChoice(
         resolve_model(level.name, None, folder).path, level.name, "noise-based choice"
     )
     applied = fitted if strength is None else strength
     why = (
         f"{noise.describe()} -> {level.name} (trained on {level.low_hu:.0f}-"
-        f"{level.high_hu:.0f} HU, centre {level.centre_hu:.0f}), strength {applied:g} %"
+        f"{level.high_hu:.0f} HU, centre {level.centre_hu:.0f}, {level.grain} grain), "
+        f"strength {applied:g} %"
     )
     normal = f"the {levels.normal_dose_hu:.0f} HU of the normal-dose training data"
     if strength is not None:

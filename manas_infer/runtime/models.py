@@ -68,6 +68,15 @@ def card_from_metadata(model: Path) -> dict:
     return card
 
 
+def taught_grain(card: dict) -> str:
+    """The noise grain a model was taught, from its card: ``coarse`` when its training gave
+    the noise a soft-tissue kernel's grain too (``--noise-texture``), else ``fine`` (the
+    simulator's ramp grain only)."""
+    augmentation = (card.get("training") or {}).get("augmentation") or {}
+    texture = augmentation.get("texture") or [0.0, 0.0]
+    return "coarse" if float(texture[1]) > 0.0 else "fine"
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     """Which model file a command uses and why (the summary names both)."""

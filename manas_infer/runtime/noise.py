@@ -16,7 +16,16 @@ A real scan's dose is not one of a simulator's 10 / 5 / 2.5 %: the automatic cho
 
 Measured (tests/test_noise_choice.py, bench/results/noise-choice.md): white noise within
 1 %, real FBP noise (LCD phantom, 10-100 % dose) within 2 %, simulated low-dose noise on
-real anatomy within 10 % of SD(low - normal).
+real anatomy within 10 % of SD(low - normal), whatever its grain (2-4 % lower for a soft
+kernel's grain at the same SD).
+
+The grain: the same estimate over a 3 x 3 window divided by the 7 x 7 one. Both are scaled
+to white noise, so fine-grained noise (a sharp kernel, the simulator's ramp filter) gives
+about 1 and the coarser mottle of a soft-tissue kernel less: simulated 5 % noise on six real
+series 0.91-1.00 at ramp grain and 0.58-0.62 with a soft kernel's (a 0.8-pixel Gaussian
+apodization); the series' own normal-dose noise 0.48-0.72 for the standard and soft
+kernels, 0.94 for the lung kernel (bench/results/noise-choice.md). The automatic choice
+picks the model family taught that grain (``choice.py``).
 """
 
 from __future__ import annotations
@@ -32,9 +41,11 @@ SOFT_TISSUE_HU = (-100.0, 150.0)
 MASK_SMOOTHING_PX = 2.0
 MASK_EROSION_PX = 4
 WINDOW_PX = 7
-# Var(x - mean_7x7(x)) = (1 - 1/49) Var(x) for white noise; FBP noise needs no more.
-WHITE_CORRECTION = 1.0 / np.sqrt(1.0 - 1.0 / WINDOW_PX**2)
 MAD_TO_SD = 1.4826
+FINE_WINDOW_PX = 3  # the grain's numerator (see above)
+# Grain at or above this is fine (ramp, sharp kernels), below it coarse (soft kernels): the
+# middle of the gap between the two measured above.
+FINE_GRAIN_FROM = 0.8
 MIN_PIXELS = 1500  # fewer soft-tissue pixels in a slice: no estimate from it
 SLICES = 5  # slices read per series, spread over its middle 80 %
 
@@ -48,15 +59,38 @@ def soft_tissue_mask(hu: np.ndarray) -> np.ndarray:
     return ndi.binary_erosion(mask, structure=square, iterations=MASK_EROSION_PX)
 
 
+def _residual_sd(hu: np.ndarray, mask: np.ndarray, window: int) -> float:
+    """MAD-robust SD of the pixel less its ``window``-square mean, scaled to white noise."""
+    residual = (hu - ndi.uniform_filter(hu, window, mode="reflect"))[mask]
+    mad = float(np.median(np.abs(residual - np.median(residual))))
+    return MAD_TO_SD * mad / float(np.sqrt(1.0 - 1.0 / window**2))
+
+
 def slice_noise(hu: np.ndarray, mask: np.ndarray | None = None) -> float | None:
     """The noise SD (HU) of one slice in soft tissue, or None when it has too little."""
     hu = np.asarray(hu, dtype=np.float32)
     mask = soft_tissue_mask(hu) if mask is None else mask
     if int(mask.sum()) < MIN_PIXELS:
         return None
-    residual = (hu - ndi.uniform_filter(hu, WINDOW_PX, mode="reflect"))[mask]
-    mad = float(np.median(np.abs(residual - np.median(residual))))
-    return MAD_TO_SD * WHITE_CORRECTION * mad
+    return _residual_sd(hu, mask, WINDOW_PX)
+
+
+def slice_grain(hu: np.ndarray, mask: np.ndarray | None = None) -> float | None:
+    """The noise grain of one slice (about 1 fine, lower coarse), or None (too little soft
+    tissue, or no noise to measure)."""
+    hu = np.asarray(hu, dtype=np.float32)
+    mask = soft_tissue_mask(hu) if mask is None else mask
+    if int(mask.sum()) < MIN_PIXELS:
+        return None
+    wide = _residual_sd(hu, mask, WINDOW_PX)
+    return None if wide <= 0.0 else _residual_sd(hu, mask, FINE_WINDOW_PX) / wide
+
+
+def grain_name(grain: float | None) -> str | None:
+    """``fine`` or ``coarse`` for a measured grain (None: unknown)."""
+    if grain is None:
+        return None
+    return "fine" if grain >= FINE_GRAIN_FROM else "coarse"
 
 
 @dataclass(frozen=True)
@@ -66,12 +100,18 @@ class NoiseEstimate:
     sd_hu: float | None  # None: no slice had enough soft tissue
     per_slice: tuple[float | None, ...]
     slices: tuple[int, ...]  # 0-based indices of the slices read
+    grain: float | None = None  # median over the slices (slice_grain)
+
+    @property
+    def grain_name(self) -> str | None:
+        return grain_name(self.grain)
 
     def describe(self) -> str:
         if self.sd_hu is None:
             return f"no soft tissue to measure noise in ({len(self.slices)} slices tried)"
         used = sum(value is not None for value in self.per_slice)
-        return f"measured noise {self.sd_hu:.1f} HU (soft tissue, {used} slices)"
+        grain = "" if self.grain is None else f", {self.grain_name} grain {self.grain:.2f}"
+        return f"measured noise {self.sd_hu:.1f} HU (soft tissue, {used} slices{grain})"
 
 
 def sample_indices(n_slices: int, count: int = SLICES) -> list[int]:
@@ -85,10 +125,14 @@ def sample_indices(n_slices: int, count: int = SLICES) -> list[int]:
 def volume_noise(slices: np.ndarray, indices: list[int] | None = None) -> NoiseEstimate:
     """The estimate over slices [S, H, W] already in memory (all of them by default)."""
     indices = list(range(len(slices))) if indices is None else indices
-    values = tuple(slice_noise(slice_hu) for slice_hu in slices)
+    masks = [soft_tissue_mask(slice_hu) for slice_hu in slices]
+    values = tuple(slice_noise(s, m) for s, m in zip(slices, masks, strict=True))
     found = [value for value in values if value is not None]
     sd = float(np.median(found)) if found else None
-    return NoiseEstimate(sd, values, tuple(indices))
+    grains = [slice_grain(s, m) for s, m in zip(slices, masks, strict=True)]
+    measured = [value for value in grains if value is not None]
+    grain = float(np.median(measured)) if measured else None
+    return NoiseEstimate(sd, values, tuple(indices), grain)
 
 
 def series_noise(series: CTSeries, count: int = SLICES) -> NoiseEstimate:
