@@ -162,6 +162,7 @@ def test_model_choice_and_the_models_command(exported) -> None:
     listed = json.loads(result.stdout)
     assert listed[0]["name"] == "manas-5pct" and listed[0]["default"]
     assert listed[1]["precision"] == "float16" and listed[0]["dose_percent"] == 5.0
+    assert listed[0]["noise_grain"] == "fine"  # trained without --noise-texture
 
 
 def test_export_command_defaults_to_the_newest_finished_run(trained_run: Path, tmp_path) -> None:

@@ -34,7 +34,10 @@ def test_every_shipped_model_is_covered() -> None:
     doses = ("10", "2.5", "5")
     assert names == sorted([f"manas-{d}pct" for d in doses] + [f"manas-{d}pct-soft" for d in doses])
     for model in SHIPPED:
-        assert CARD_KEY in read_card(model), f"{model.name}: card has no {CARD_KEY}"
+        card = read_card(model)
+        assert CARD_KEY in card, f"{model.name}: card has no {CARD_KEY}"
+        # The family the automatic choice picks by measured grain: -soft were taught it.
+        assert (taught_grain(card) == "coarse") == model.stem.endswith("-soft"), model.name
 
 
 @pytest.fixture(scope="module", params=SHIPPED, ids=lambda path: path.stem)

@@ -86,11 +86,14 @@ CARD_FIELDS = ("dose_percent", "precision", "parameters", "gflops_512", "metrics
 
 
 def _model_summary(model: ModelInfo) -> dict:
+    from manas_infer.runtime.models import taught_grain
+
     return {
         "name": model.name,
         "path": str(model.path),
         "default": model.is_default,
         "mb": round(model.megabytes, 2),
+        "noise_grain": taught_grain(model.card),
         **{field: model.card.get(field) for field in CARD_FIELDS},
     }
 
@@ -98,8 +101,11 @@ def _model_summary(model: ModelInfo) -> dict:
 def _print_models(found: list[ModelInfo], folder: Path) -> None:
     from rich.table import Table
 
+    from manas_infer.runtime.models import taught_grain
+
     table = Table(title=f"models in {folder}")
-    for column in ("name", "dose", "precision", "MB", "parameters", "GFLOPs 512²",
+    table.add_column("name", no_wrap=True)  # manas-5pct and manas-5pct-soft must both show
+    for column in ("dose", "noise grain", "precision", "MB", "parameters", "GFLOPs 512²",
                    "test PSNR (dB)", "test SSIM"):  # fmt: skip
         table.add_column(column)
     for model in found:
@@ -107,6 +113,7 @@ def _print_models(found: list[ModelInfo], folder: Path) -> None:
         table.add_row(
             model.name + (" (default)" if model.is_default else ""),
             f"{card['dose_percent']:g} %" if "dose_percent" in card else "?",
+            taught_grain(card),
             str(card.get("precision", "?")),
             f"{model.megabytes:.2f}",
             f"{card['parameters']:,}" if "parameters" in card else "?",
