@@ -171,8 +171,8 @@ def test_bias_guard_keeps_uniform_regions_within_2_hu_on_a_real_slice(
     mean of air, fat or brain moves by more than 2 HU (the issue measured air -8 HU); with
     it none does, nor bone (the issue's limit for all four), and the noise the network
     removes is still removed. On a noise-free skull what a network changes in bone is blur
-    of thin bone, not a bias the guard takes out: candidate v5 moved it -2.6 HU here
-    (bench/results/compare-v5.md), v3 -0.9."""
+    of thin bone, not a bias the guard takes out: recipe v5 (manas-5pct-soft) moved it
+    -2.6 HU here (bench/results/compare-v5.md), v3 -0.9."""
     regions = uniform_regions(head_slice)
     assert all(m.sum() > 300 for m in regions.values()), {k: m.sum() for k, m in regions.items()}
     net = five_pct(head_slice)
@@ -192,8 +192,9 @@ def test_ct_numbers_of_all_four_regions_within_2_hu_of_the_full_dose_at_5_percen
 ) -> None:
     """The issue's limit where it applies: the head simulated at 5 %, denoised by the 5 % model
     at the default strength, against its full dose: air, fat, brain and bone within 2 HU,
-    while the denoised image is far closer to the full dose than the input (candidate v5
-    blurred the skull to -2.3 HU here, one reason it was not shipped)."""
+    while the denoised image is far closer to the full dose than the input (recipe v5
+    blurred the skull to -2.3 HU here, one reason it serves only coarse-grain series, as
+    manas-5pct-soft)."""
     from manas_infer.simulate.dose import DoseSettings, LowDoseSimulator
 
     spacing = scan(need(HEAD)).series[0].pixel_spacing[0]

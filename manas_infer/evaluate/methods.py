@@ -65,7 +65,7 @@ def automatic_method(device: str = "auto") -> Method:
     from manas_infer.runtime import Denoiser
     from manas_infer.runtime.choice import fit, load_levels
     from manas_infer.runtime.models import DEFAULT_MODEL
-    from manas_infer.runtime.noise import grain_name, slice_grain, slice_noise
+    from manas_infer.runtime.noise import grain_name, slice_grain, slice_noise, soft_tissue_mask
     from manas_infer.runtime.strength import DEFAULT_STRENGTH
 
     levels = load_levels()
@@ -74,10 +74,12 @@ def automatic_method(device: str = "auto") -> Method:
     denoisers: dict[str, Denoiser] = {}
 
     def denoise(hu: np.ndarray) -> np.ndarray:
-        sd = slice_noise(hu)
+        mask = soft_tissue_mask(hu)
+        sd = slice_noise(hu, mask)
         name, strength = DEFAULT_MODEL, DEFAULT_STRENGTH
         if sd is not None:
-            level, strength = fit(sd, levels, grain=grain_name(slice_grain(hu)))
+            grain = grain_name(slice_grain(hu, mask, sd))
+            level, strength = fit(sd, levels, grain=grain)
             name = level.name
         if name not in denoisers:
             denoisers[name] = Denoiser(name, device=device, warm_up=None)

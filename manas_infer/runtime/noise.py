@@ -75,14 +75,17 @@ def slice_noise(hu: np.ndarray, mask: np.ndarray | None = None) -> float | None:
     return _residual_sd(hu, mask, WINDOW_PX)
 
 
-def slice_grain(hu: np.ndarray, mask: np.ndarray | None = None) -> float | None:
+def slice_grain(
+    hu: np.ndarray, mask: np.ndarray | None = None, noise_sd: float | None = None
+) -> float | None:
     """The noise grain of one slice (about 1 fine, lower coarse), or None (too little soft
-    tissue, or no noise to measure)."""
+    tissue, or no noise to measure). ``noise_sd``: ``slice_noise`` of the same slice and
+    mask when the caller has it, so the 7 x 7 estimate is not computed twice."""
     hu = np.asarray(hu, dtype=np.float32)
     mask = soft_tissue_mask(hu) if mask is None else mask
     if int(mask.sum()) < MIN_PIXELS:
         return None
-    wide = _residual_sd(hu, mask, WINDOW_PX)
+    wide = _residual_sd(hu, mask, WINDOW_PX) if noise_sd is None else noise_sd
     return None if wide <= 0.0 else _residual_sd(hu, mask, FINE_WINDOW_PX) / wide
 
 
@@ -129,7 +132,10 @@ def volume_noise(slices: np.ndarray, indices: list[int] | None = None) -> NoiseE
     values = tuple(slice_noise(s, m) for s, m in zip(slices, masks, strict=True))
     found = [value for value in values if value is not None]
     sd = float(np.median(found)) if found else None
-    grains = [slice_grain(s, m) for s, m in zip(slices, masks, strict=True)]
+    grains = [
+        None if sd_one is None else slice_grain(s, m, sd_one)
+        for s, m, sd_one in zip(slices, masks, values, strict=True)
+    ]
     measured = [value for value in grains if value is not None]
     grain = float(np.median(measured)) if measured else None
     return NoiseEstimate(sd, values, tuple(indices), grain)
