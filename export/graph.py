@@ -5,11 +5,16 @@ The trained networks work on [0, 1]-normalised images whose sides are multiples 
 size and never needs to know the training range or the grid depth:
 
     HU -> clamp to [HU_MIN, HU_MAX] -> normalise -> pad (edge) to a multiple -> body
-       -> crop -> denormalise -> + input
+       -> crop -> denormalise -> + input (air noise below HU_MIN: + HU_MIN)
 
-Values outside the training range (scanner padding at -2000 or -3024 HU, metal above
-3072 HU) are passed through unchanged rather than clipped: the network only sees the range it
-was trained on and only adds its correction to the input. The body may run in float16 while
+The network was trained on images clamped to [HU_MIN, HU_MAX] (``train/augment.py``), so its
+correction is meant for the clamped image. Low-dose noise pushes air below HU_MIN (air is
+-1000 HU, the noise 50-100 HU); adding the correction to those raw values kept the lower
+half of the air's noise and shifted its mean by -8 to -16 HU (v3 at 5 %; air RMSE 28-44 HU
+where the clamped image gives 16-22). So values between scanner padding and HU_MIN get the
+correction on HU_MIN, as in training. Scanner padding (-1500 HU and below, ``hu.is_padding``)
+and metal above HU_MAX pass through with the correction added, never clipped: the runtime
+returns padding as it came and metal keeps its number. The body may run in float16 while
 the input, the residual sum and the output stay float32, so half precision costs noise-level
 accuracy only, not the HU quantisation of the image itself.
 """
@@ -20,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manas_infer.hu import HU_MAX, HU_MIN
+from manas_infer.hu import HU_MAX, HU_MIN, is_padding
 
 
 class HUModel(nn.Module):
@@ -48,4 +53,5 @@ class HUModel(nn.Module):
             )
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         correction = self.net.residual(x.to(self.body_dtype)).float()[..., :H, :W]
-        return hu + correction * (HU_MAX - HU_MIN)
+        base = torch.where(is_padding(hu), hu, hu.clamp_min(HU_MIN))
+        return base + correction * (HU_MAX - HU_MIN)

@@ -145,3 +145,58 @@ def test_noise_grain_of_a_soft_kernel_from_real_fbp_noise_at_the_same_sd() -> No
     assert Augmentation.from_dict(old).texture == (0.0, 0.0)
     with pytest.raises(ValueError, match="texture range"):
         Augmentation(texture=(1.0, 0.5))
+
+
+def test_lesions_are_inserted_in_soft_tissue_in_both_images_with_their_sizes_and_contrasts() -> (
+    None
+):
+    """Round, faint lesions land only on soft tissue (never in air), in target and input
+    alike (the noise is unchanged), at the documented diameters and contrasts, as many as
+    asked on average; 0 leaves the pair as it was."""
+    from manas_infer.train.augment import (
+        LESION_CONTRAST_HU,
+        LESION_DIAMETER_PX,
+        insert_lesions,
+    )
+
+    count, size = 400, 64
+    normal = torch.full((count, 1, size, size), AIR_HU)
+    normal[:, :, 16:48, 16:48] = 40.0  # soft tissue, 32 x 32 px, in air
+    noise = 30.0 * torch.randn(normal.shape, generator=torch.Generator().manual_seed(0))
+    plain = Augmentation(
+        orientation=False, sharpen=(0.0, 0.0), contrast=(1.0, 1.0), noise=(1.0, 1.0)
+    )
+    with_lesions = Augmentation(**{**plain.to_dict(), "lesions": 2.0})
+    assert Augmentation.from_dict(with_lesions.to_dict()) == with_lesions
+    low2, normal2 = augment_pairs(
+        normal + noise, normal, with_lesions, torch.Generator().manual_seed(5)
+    )
+    tissue = (slice(None), slice(None), slice(16, 48), slice(16, 48))  # no clamping there
+    assert torch.allclose((low2 - normal2)[tissue], noise[tissue], atol=1e-3)  # same noise
+    added = normal2 - normal
+    touched = added.abs() > 1.0
+    # Centres only on tissue: air beyond a lesion's radius and edge from it stays as it was.
+    assert not touched[:, :, :6].any() and not touched[:, :, 58:].any()
+    assert not touched[:, :, :, :6].any() and not touched[:, :, :, 58:].any()
+    # Lesions per patch: the tissue covers a quarter of the patch, so 2 x 0.25 land on
+    # average, and 1 - exp(-0.5) = 39 % of the patches get at least one.
+    peaks = added.flatten(1).abs().amax(1)
+    assert 0.28 < (peaks > 1.0).float().mean().item() < 0.5
+    # Single lesions far from the edges: contrast within the range, diameter within the range.
+    one = insert_lesions(normal[:1].clone(), 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(one, normal[:1])
+    lo, hi = LESION_CONTRAST_HU
+    assert peaks.max().item() <= 2 * hi  # two overlapping lesions at most, in practice
+    strongest = added.flatten(1).abs().amax(1)
+    assert ((strongest > lo * 0.9) | (strongest < 1.0)).all()
+    area = (added.abs() > 0.5 * strongest[:, None, None, None]).flatten(1).sum(1).float()
+    single = (strongest > 1.0) & (area > 0)
+    diameters = 2 * torch.sqrt(area[single] / torch.pi)
+    assert (
+        diameters.min() > LESION_DIAMETER_PX[0] - 1.5
+        and diameters.max() < 2 * LESION_DIAMETER_PX[1]
+    )
+    signs = torch.sign(added.flatten(1).sum(1))[single]
+    assert (signs > 0).any() and (signs < 0).any()  # darker and brighter lesions
+    _, plain_normal = augment_pairs(normal + noise, normal, plain, torch.Generator().manual_seed(5))
+    assert torch.equal(plain_normal, normal)

@@ -158,6 +158,12 @@ def train(
         "of a Gaussian apodization of the simulator's ramp noise at the same SD; 0,1.4 spans "
         "lung kernels to soft-tissue ones (bench/results/noise-texture.md). 0,0: off.",
     ),
+    lesions: float = typer.Option(
+        0.0,
+        help="Mean number of small, faint round lesions (2-12 mm, 4-40 HU, darker or "
+        "brighter) inserted into each training patch's anatomy, so the net learns to keep "
+        "low-contrast lesions (bench/results/lesions.md). 0: off.",
+    ),
     genotype: Path | None = typer.Option(
         None,
         help="Skip the search and retrain this architecture (a run's genotype.json), e.g. "
@@ -220,8 +226,8 @@ def train(
                 checkpoint=checkpoint, perceptual_weight=perceptual_weight,
                 vgg_weights=vgg_weights, ssim_weight=ssim_weight, edge_weight=edge_weight,
                 fresh_noise=fresh_noise, views=views, augment=augment, noise_gain=noise_gain,
-                noise_texture=noise_texture, genotype=genotype, init_weights=init_weights,
-                seed=seed,
+                noise_texture=noise_texture, lesions=lesions, genotype=genotype,
+                init_weights=init_weights, seed=seed,
             )  # fmt: skip
             config, folder = new_run_config(options, torch_device), None
     except (ConfigError, ValueError, FileNotFoundError) as exc:

@@ -56,7 +56,7 @@ def series_by_grain(entry: dict) -> dict[str, dict]:
             "soft-kernel grain": entry["soft_kernel_grain"]["series"]}  # fmt: skip
 
 
-def _scores(images: list[np.ndarray], full: list[np.ndarray]) -> dict[str, float]:
+def slice_scores(images: list[np.ndarray], full: list[np.ndarray]) -> dict[str, float]:
     """Mean PSNR / SSIM (full range and soft-tissue window) and RMSE in HU over slices."""
     pred = normalize(torch.from_numpy(np.stack(images))[:, None].float())
     target = normalize(torch.from_numpy(np.stack(full))[:, None].float())
@@ -80,8 +80,8 @@ def score_model(model: Path, ct_root: Path, device: str = "cpu") -> dict:
             denoised = [denoiser.denoise(low) for low in pairs.low]
             scores[name] = {
                 "slices": pairs.labels,
-                "input": _scores(pairs.low, pairs.full),
-                "denoised": _scores(denoised, pairs.full),
+                "input": slice_scores(pairs.low, pairs.full),
+                "denoised": slice_scores(denoised, pairs.full),
             }
         return scores
 

@@ -59,6 +59,7 @@ class TrainOptions:
     augment: bool
     noise_gain: str  # LOW,HIGH
     noise_texture: str  # LOW,HIGH
+    lesions: float
     genotype: Path | None
     init_weights: Path | None
     seed: int
@@ -140,6 +141,7 @@ def new_run_config(options: TrainOptions, device: torch.device) -> RunConfig:
             Augmentation(
                 noise=_range(options.noise_gain, "--noise-gain", "0.4,3.0"),
                 texture=_range(options.noise_texture, "--noise-texture", "0,1.4"),
+                lesions=options.lesions,
             ).to_dict()
             if options.augment
             else None
