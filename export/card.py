@@ -36,11 +36,12 @@ def citation_files(root: Path, max_depth: int = 3) -> dict[str, str]:
     return found
 
 
-def base_run(config: dict) -> dict | None:
+def base_run(config: dict, depth: int = 0) -> dict | None:
     """What a fine-tuned run started from (its ``--init-weights`` run), so the card states the
     whole training budget, not just the fine-tune's: the base run's name, noise gain, epochs
-    and seconds, or only its path when that run is not on this machine."""
-    if not config.get("init_weights"):
+    and seconds, and what that one started from in turn (a recipe chains fine-tunes: base
+    net, per-dose tune, lesion tune), or only its path when a run is not on this machine."""
+    if not config.get("init_weights") or depth > 8:
         return None
     folder = Path(config["init_weights"])
     folder = folder.parent.parent if folder.suffix == ".pt" else folder
@@ -55,6 +56,9 @@ def base_run(config: dict) -> dict | None:
             "augmentation": base.get("augment"),
             "seconds": base_metrics["seconds"],
         }
+        earlier = base_run(base, depth + 1)
+        if earlier is not None:
+            record["fine_tuned_from"] = earlier
     return record
 
 

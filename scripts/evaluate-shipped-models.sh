@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Judge the shipped models on whole slices of the held-out chest patient, each at its own
-# dose, against the low-dose input and BM3D (`manas-infer evaluate`), then regenerate
-# models/README.md from the model cards and these reports.
+# dose, against the low-dose input and BM3D (`manas-infer evaluate`). models/README.md is
+# written by hand from these reports and the cards' scorecards (the generator that rewrote
+# it from an early template was removed: it overwrote the recipes' history).
 #
 #   scripts/evaluate-shipped-models.sh            # 10, 5 and 2.5 %
 #
@@ -18,4 +19,3 @@ for d in 10 5 2.5; do
         --max-slices "$SLICES" --figures 2 --seed 0 --device cpu \
         --out "bench/results/shipped-chest-${d}pct"
 done
-.venv/bin/python scripts/write-models-readme.py

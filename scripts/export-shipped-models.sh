@@ -2,26 +2,23 @@
 # Export every shipped model again from its kept training run (models/training), after a
 # change to what an exported file computes (export/graph.py): no training, the same weights.
 # Then re-score the cards (CI holds the models to them), recalibrate the automatic choice and
-# regenerate models/README.md from the cards and the shipped-chest reports.
+# evaluate the shipped models on the demo's chest (bench/results/shipped-chest-Dpct/).
 #
 #   scripts/export-shipped-models.sh       # about 15 minutes on 2 CPU cores
 #
-# The fine-grain family (manas-{10,5,2.5}pct, recipe v3) comes from tuned-v3, the coarse-grain
-# family (manas-{10,5,2.5}pct-soft, recipe v5) from tuned-v5. Environment: as
-# scripts/v2-runs.sh.
+# Both families come from recipe v6 (scripts/train-v6-models.sh), kept in
+# models/training/tuned-v6: the fine-grain manas-{10,5,2.5}pct from fine/, the coarse-grain
+# manas-{10,5,2.5}pct-soft from soft/. Environment: as scripts/v2-runs.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/v2-runs.sh
 source scripts/export-models.sh
-# The cards state each fine-tune's base run, found by the path the run was started with.
-for kept in shipped-v3 tuned-v4; do
-    [ -e "runs/$kept" ] || ln -s "$PWD/models/training/$kept" "runs/$kept"
-done
-# The cards also list the training series and check parity on real test slices from the
+# The cards state each fine-tune's base run (found by the path the run was started with:
+# models/training/tuned-v3 and tuned-v5, in the repository). They also list the training series and check parity on real test slices from the
 # run's dataset cache (dataset.json names it; the v3 runs used runs/cache, later ones
 # ~/.cache/manas-infer): without it the card says "synthetic phantom slices" and no series.
-for d in 10 5 2.5; do TUNED=models/training/tuned-v3 export_model "$d"; done
-for d in 10 5 2.5; do TUNED=models/training/tuned-v5 export_model "$d" -soft; done
+for d in 10 5 2.5; do TUNED=models/training/tuned-v6/fine export_model "$d"; done
+for d in 10 5 2.5; do TUNED=models/training/tuned-v6/soft export_model "$d" -soft; done
 "$PY" -m manas_infer.evaluate.scorecard --write
 "$PY" -m manas_infer.runtime.calibrate
 scripts/evaluate-shipped-models.sh
