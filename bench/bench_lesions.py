@@ -29,13 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from manas_infer.config import shared_ct_root
+from manas_infer.evaluate import is_run_dir
 from manas_infer.evaluate.lcd import load_lcd_phantom, run_lcd_battery
-from manas_infer.evaluate.methods import Method, run_method
+from manas_infer.evaluate.methods import Method, low_dose_input, run_method
 from manas_infer.evaluate.physics_report import strict_json
 from manas_infer.evaluate.scorecard import scored_pairs, slice_scores
 from manas_infer.runtime import Denoiser
 from manas_infer.runtime.guard import BIAS_GUARD_SIGMA_PX
 from manas_infer.runtime.strength import DEFAULT_STRENGTH, apply_strength
+from manas_infer.train.run import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MANAS_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -47,12 +49,10 @@ STRENGTHS = (DEFAULT_STRENGTH, 100.0)
 def network(item: str) -> tuple[str, float, Callable[[np.ndarray], np.ndarray]]:
     """(label, dose, HU -> network output in HU) of a run directory or a model."""
     path = Path(item)
-    if path.is_dir() and (path / "config.json").is_file():
-        method = run_method(path)
-        dose = float(json.loads((path / "config.json").read_text())["dose"])
-        augment = json.loads((path / "config.json").read_text()).get("augment") or {}
-        label = f"{path.name} (lesions {augment.get('lesions', 0):g})"
-        return label, dose, method.denoise
+    if is_run_dir(path):
+        config = load_run_config(path)
+        lesions = (config.augment or {}).get("lesions", 0)
+        return f"{path.name} (lesions {lesions:g})", float(config.dose), run_method(path).denoise
     denoiser = Denoiser(item, device="cpu", warm_up=None)
     return denoiser.card.get("name", path.stem), float(denoiser.card["dose_percent"]), denoiser.run
 
@@ -77,7 +77,7 @@ def main() -> None:
 
     phantom = load_lcd_phantom(PHANTOM)
     phantom.doses = [d for d in phantom.doses if d in LCD_DOSES]
-    methods = [Method("input (FBP)", "input", lambda hu: hu, 0, 0.0, "unprocessed")]
+    methods = [low_dose_input()]
     for label, _, net in nets:
         for strength in STRENGTHS:
             methods.append(

@@ -6,19 +6,21 @@
 #
 #   scripts/export-shipped-models.sh       # about 15 minutes on 2 CPU cores
 #
-# Both families come from recipe v6 (scripts/train-v6-models.sh), kept in
-# models/training/tuned-v6: the fine-grain manas-{10,5,2.5}pct from fine/, the coarse-grain
-# manas-{10,5,2.5}pct-soft from soft/. Environment: as scripts/v2-runs.sh.
+# Both families come from recipe v6 (scripts/train-v6-models.sh, which ends by calling
+# this), under V6_RUNS (default models/training/tuned-v6, where they are kept): the
+# fine-grain manas-{10,5,2.5}pct from fine/, the coarse-grain manas-{10,5,2.5}pct-soft from
+# soft/. Environment: as scripts/v2-runs.sh; V6_RUNS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+V6_RUNS=${V6_RUNS:-models/training/tuned-v6}
 source scripts/v2-runs.sh
 source scripts/export-models.sh
-# The cards state each fine-tune's base run (found by the path the run was started with:
-# models/training/tuned-v3 and tuned-v5, in the repository). They also list the training series and check parity on real test slices from the
-# run's dataset cache (dataset.json names it; the v3 runs used runs/cache, later ones
-# ~/.cache/manas-infer): without it the card says "synthetic phantom slices" and no series.
-for d in 10 5 2.5; do TUNED=models/training/tuned-v6/fine export_model "$d"; done
-for d in 10 5 2.5; do TUNED=models/training/tuned-v6/soft export_model "$d" -soft; done
+# The cards state each fine-tune's base runs (found by the paths the runs were started with:
+# models/training/tuned-v3 and tuned-v5, in the repository). They also list the training
+# series and check parity on real test slices from the run's dataset cache (dataset.json
+# names it): without it the card says "synthetic phantom slices" and lists no series.
+for d in 10 5 2.5; do TUNED=$V6_RUNS/fine export_model "$d"; done
+for d in 10 5 2.5; do TUNED=$V6_RUNS/soft export_model "$d" -soft; done
 "$PY" -m manas_infer.evaluate.scorecard --write
 "$PY" -m manas_infer.runtime.calibrate
 scripts/evaluate-shipped-models.sh

@@ -11,8 +11,9 @@
 # 14 HU rod at 10 % dose at every strength from 50 %; bench/results/lesions.md). About 5
 # minutes a run on 2 idle cores.
 #
-#   scripts/train-v6-models.sh          # train (or resume) all six, export, score, calibrate
-#   EXPORT=0 DOSES=5 FAMILIES=fine scripts/train-v6-models.sh
+#   scripts/train-v6-models.sh          # train (or resume) all six, then export, score,
+#                                       # calibrate (scripts/export-shipped-models.sh)
+#   EXPORT=0 DOSES=5 FAMILIES=fine scripts/train-v6-models.sh   # a part, no export
 #
 # Environment: as scripts/v2-runs.sh; TUNED (default runs/tuned-v6), DOSES, FAMILIES
 # (default "fine soft"), LESIONS (default 3).
@@ -25,7 +26,6 @@ LESIONS=${LESIONS:-3}
 source scripts/v2-runs.sh
 source scripts/export-models.sh
 declare -A FROM=([fine]=models/training/tuned-v3 [soft]=models/training/tuned-v5)
-declare -A SUFFIX=([fine]="" [soft]=-soft)
 declare -A TEXTURE=([fine]=0,0 [soft]=0,0.9)
 
 for family in "${FAMILIES[@]}"; do
@@ -40,9 +40,4 @@ for family in "${FAMILIES[@]}"; do
     done
 done
 [ "${EXPORT:-1}" = 1 ] || exit 0
-for family in "${FAMILIES[@]}"; do
-    for d in 10 5 2.5; do TUNED=$TUNED/$family export_model "$d" "${SUFFIX[$family]}"; done
-done
-"$PY" -m manas_infer.evaluate.scorecard --write
-"$PY" -m manas_infer.runtime.calibrate
-scripts/evaluate-shipped-models.sh
+V6_RUNS=$TUNED scripts/export-shipped-models.sh  # both families, scorecard, calibration

@@ -14,14 +14,13 @@ import pytest
 from conftest import LCD_PHANTOM, need
 
 from manas_infer.evaluate.lcd import load_lcd_phantom, run_lcd_battery
-from manas_infer.evaluate.methods import Method, automatic_method
+from manas_infer.evaluate.methods import automatic_method, low_dose_input
 
 
 @pytest.fixture(scope="module")
 def battery() -> dict:
     phantom = load_lcd_phantom(need(LCD_PHANTOM))
-    unprocessed = Method("input (FBP)", "input", lambda hu: hu, 0, 0.0, "unprocessed")
-    return run_lcd_battery(phantom, [unprocessed, automatic_method("cpu")])
+    return run_lcd_battery(phantom, [low_dose_input(), automatic_method("cpu")])
 
 
 @pytest.mark.slow
