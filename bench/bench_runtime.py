@@ -145,7 +145,8 @@ def main() -> None:
     gflops = float(cpu.card["gflops_512"])
     genotype = Genotype.from_json(json.dumps(cpu.card["genotype"]))
     net = DerivedNetwork(genotype).eval()
-    eager = HUModel(net, net.size_multiple).eval()
+    ensemble = len(cpu.card.get("ensemble", ["identity"]))  # the same passes as the file
+    eager = HUModel(net, net.size_multiple, ensemble=ensemble).eval()
     probe = conv_stack()
     probe_gflops = conv_flops(probe) / 1e9
     rows: list[dict] = []
@@ -203,6 +204,7 @@ def main() -> None:
         if choice.path.is_relative_to(REPO)
         else str(choice.path),
         "gflops_per_slice_512": gflops,
+        "ensemble": ensemble,
         "parameters": cpu.card.get("parameters"),
         "slices": source,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -217,7 +219,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runtime.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        f"# Runtime speed: {choice.name} ({gflops:.1f} GFLOPs per 512x512 slice)",
+        f"# Runtime speed: {choice.name} ({gflops:.1f} GFLOPs per 512x512 slice"
+        + (f": {ensemble} passes of the network, self-ensemble)" if ensemble > 1 else ")"),
         "",
         f"Slices: {source}. Machine: {result['machine']}; GPU: {gpu_note}. "
         f"torch {torch.__version__}, onnxruntime {result['onnxruntime']}. Best of "

@@ -15,7 +15,7 @@ import onnx
 import torch
 
 from manas_infer.export.card import build_card
-from manas_infer.export.graph import HUModel
+from manas_infer.export.graph import ORIENTATIONS, HUModel
 from manas_infer.export.onnx_file import set_metadata, to_onnx
 from manas_infer.export.verify import Parity, compare
 from manas_infer.hashing import sha256
@@ -66,6 +66,16 @@ def latest_finished_run(runs_root: Path) -> Path:
     )
 
 
+def ensemble_card(network_gflops: float, ensemble: int) -> dict:
+    """What the card says of the self-ensemble: the orientations, and the FLOPs a slice
+    costs with them (``gflops_512``, what the runtime pays) beside one network pass's."""
+    return {
+        "ensemble": list(ORIENTATIONS)[:ensemble],
+        "network_gflops_512": network_gflops,
+        "gflops_512": round(network_gflops * ensemble, 2),
+    }
+
+
 def verification_slices(run_dir: Path, count: int = 3) -> tuple[np.ndarray, str]:
     """Whole native slices (HU) of the run's held-out test patient, from its dataset cache;
     the synthetic phantom when that cache is gone (the card says which)."""
@@ -91,8 +101,10 @@ def export_run(
     citations: list[str] | None = None,
     overwrite: bool = False,
     device: str = "auto",
+    ensemble: int = 1,
 ) -> list[Exported]:
-    """Export, verify against torch, and write model + card; float16 variant on request.
+    """Export, verify against torch, and write model + card; float16 variant on request;
+    ``ensemble`` N: the file averages the network over N orientations (``graph.py``).
 
     Files appear only after they verified: each is written under a hidden partial name and
     renamed into place, so a failed or interrupted export never leaves a model behind.
@@ -105,7 +117,7 @@ def export_run(
     if out.suffix != ".onnx":
         raise ExportError(f"{out}: the output must be a .onnx file")
     slices, checked_on = verification_slices(run_dir)
-    reference = HUModel(copy.deepcopy(net), net.size_multiple)
+    reference = HUModel(copy.deepcopy(net), net.size_multiple, ensemble=ensemble)
     targets = _targets(out, float16, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     done: list[Exported] = []
@@ -113,7 +125,10 @@ def export_run(
         name = path.name.removesuffix(".onnx")
         card = build_card(run_dir, name, precision, citations or [])
         card["size_multiple"] = net.size_multiple
-        proto = to_onnx(HUModel(copy.deepcopy(net), net.size_multiple, PRECISIONS[precision]))
+        card.update(ensemble_card(card["gflops_512"], ensemble))
+        proto = to_onnx(
+            HUModel(copy.deepcopy(net), net.size_multiple, PRECISIONS[precision], ensemble)
+        )
         verify = functools.partial(
             compare,
             reference,

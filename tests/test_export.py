@@ -3,6 +3,7 @@ matches torch, carries its card, and loads (or fails clearly) through ``Denoiser
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -27,6 +28,8 @@ from manas_infer.runtime import (
     resolve_model,
 )
 from manas_infer.runtime.providers import cuda_works
+from manas_infer.train.baselines import build_baseline
+from manas_infer.train.profile import count_flops
 from manas_infer.train.run import load_trained
 
 runner = CliRunner()
@@ -61,6 +64,43 @@ def test_export_writes_checked_models_that_match_torch(trained_run: Path, export
         assert card["verification"]["ok"] and card["verification"]["precision"] == precision
         assert card["verification"]["max_abs_diff_hu"] < tolerance
         assert "real slices" in card["verification"]["checked_on"]
+
+
+def test_ensemble_averages_the_turned_corrections_at_any_size(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """--ensemble 3: the file computes the mean of the network's corrections on the slice,
+    its transpose and its half turn, each turned back (also on a non-square slice, where the
+    transpose changes the shape), and its card counts the FLOPs of all three passes."""
+    model, _ = load_trained(trained_run)
+    single = HUModel(model, model.size_multiple).eval()
+    out = tmp_path / "manas-5pct.onnx"
+    (done,) = export_run(trained_run, out, ensemble=3, device="cpu")
+    card = json.loads(done.card_path.read_text())
+    assert card["ensemble"] == ["identity", "transpose", "half turn"]
+    assert card["gflops_512"] == pytest.approx(3 * card["network_gflops_512"], abs=0.02)
+    denoiser = Denoiser(ModelChoice(out, out.stem, "test"), device="cpu", warm_up=None)
+    rng = np.random.default_rng(2)
+    # Sides that are multiples of the net's stride: no padding, so the turned passes see
+    # the same image as a single pass on the turned slice (with padding they would pad
+    # other sides of it).
+    for shape in ((2, 48, 48), (1, 48, 80)):
+        hu = (rng.normal(40, 60, shape) + np.linspace(-1000, 1000, shape[-1])).astype(np.float32)
+        x = torch.from_numpy(hu)[:, None]
+        with torch.no_grad():
+            turned = (
+                single(x) - x,
+                single(x.transpose(-2, -1)).transpose(-2, -1) - x,
+                single(x.flip(-2, -1)).flip(-2, -1) - x,
+            )
+        expected = (x + sum(turned) / 3)[:, 0].numpy()
+        got = denoiser(hu)
+        assert got.shape == hu.shape
+        assert np.abs(got - expected).max() < 0.1, shape
+        # And it is not one pass: the three corrections differ.
+        assert (turned[0] - turned[1]).abs().max().item() > 1.0
+    odd = rng.normal(40, 60, (1, 61, 77)).astype(np.float32)  # padded, non-square
+    assert denoiser(odd).shape == odd.shape
 
 
 def test_the_net_changes_the_image_and_keeps_out_of_range_values(exported) -> None:
@@ -189,6 +229,11 @@ def test_the_default_model_is_shipped() -> None:
 SHIPPED = sorted(models_dir().glob("manas-*pct.onnx"))
 
 
+@functools.cache
+def redcnn_gflops() -> float:
+    return count_flops(build_baseline("redcnn"), 512, 512) / 1e9
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_models_are_complete_and_load(path: Path) -> None:
     """Each model in models/ is verified, a few MB, with a complete card."""
@@ -212,6 +257,11 @@ def test_shipped_models_are_complete_and_load(path: Path) -> None:
     assert base["seconds"]["retrain"] > 3000 and base["augmentation"]["noise"] == [0.4, 3.0]
     low, net = card["metrics"]["low_dose_input"], card["metrics"]["denoised"]
     assert set(low) == set(net) >= {"psnr", "ssim", "psnr_window", "ssim_window"}
+    # Issue 12: a slice costs at most a tenth of RED-CNN's FLOPs, every pass of the
+    # self-ensemble counted.
+    passes = len(card.get("ensemble", ["identity"]))
+    assert card["gflops_512"] == pytest.approx(passes * card.get("network_gflops_512", 0), 0.01)
+    assert card["gflops_512"] <= redcnn_gflops() / 10
     fp16 = choice.path.with_name(f"{choice.name}.fp16.onnx")  # only where export's gate passed
     if fp16.is_file():
         assert fp16.stat().st_size < choice.path.stat().st_size
