@@ -24,7 +24,7 @@ residual error changes with the slice's orientation while the anatomy's correcti
 its own inverse, so the correction is turned back the same way) and averages the N
 corrections. Measured at 5 % on whole slices of two series that are neither trained on nor
 test patients, before it was adopted (bench/results/ensemble.md): +0.38 dB with the
-transpose, +0.47 with the half turn too, +0.59 with all six, on every slice; N times the
+transpose, +0.48 with the half turn too, +0.60 with all six, on every slice; N times the
 FLOPs, so N = 3 keeps a 23.6-GFLOP net under a tenth of RED-CNN's 917 GFLOPs (issue 12).
 The orientations turn the padded image, so any slice size works (a transposed slice is run
 on its own, not batched with the others).
@@ -63,8 +63,8 @@ def _flip(x: Tensor) -> Tensor:
 
 # The self-ensemble's orientations in the order they are added, each its own inverse: the
 # best two- and three-member sets measured (bench/results/ensemble.md: with the transpose
-# +0.38 dB, the mirror +0.29; identity, transpose and half turn +0.47, identity, mirror and
-# flip +0.40), then the rest of the group they start.
+# +0.38 dB, the mirror +0.29; identity, transpose and half turn +0.48, identity, mirror and
+# flip +0.41), then the anti-transpose that completes their group, then the two mirrors.
 ORIENTATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "identity": lambda x: x,
     "transpose": _transpose,
