@@ -197,6 +197,25 @@ def test_evaluate_command_on_a_runs_test_split_reproduces_its_numbers(
     assert net["kind"] == "run" and (out / "report.md").is_file()
 
 
+def test_evaluate_ensemble_scores_a_run_as_its_exported_file(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """--ensemble 3 runs a run directory's net over three orientations, as the shipped
+    files do: the row says so, costs three passes, and scores otherwise than one pass."""
+    scores = {}
+    for passes in (1, 3):
+        out = tmp_path / f"x{passes}"
+        result = runner.invoke(app, ["evaluate", str(trained_run), "--no-bm3d", "--no-physics",
+                                     "--figures", "0", "--ensemble", str(passes),
+                                     "--device", "cpu", "--out", str(out)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        scores[passes] = json.loads((out / "metrics.json").read_text())["methods"][1]
+    assert scores[3]["name"].endswith(", 3 orientations)")
+    assert "orientations" not in scores[1]["name"]
+    assert scores[3]["gflops_512"] == pytest.approx(3 * scores[1]["gflops_512"])
+    assert scores[3]["per_slice"]["psnr"] != scores[1]["per_slice"]["psnr"]
+
+
 def test_evaluate_command_with_a_shipped_model_and_bm3d_on_simulated_dose(tmp_path: Path) -> None:
     data = tmp_path / "chest"
     copy_slices(CHEST, data, 2, start=30)

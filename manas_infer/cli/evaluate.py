@@ -69,6 +69,14 @@ def evaluate(
         "sigma (pixels) of a Gaussian apodization of the simulator's ramp: 0.8 gives the "
         "grain of the B30f/B40f-like soft kernels here. 0: the ramp's fine grain.",
     ),
+    ensemble: int = typer.Option(
+        1,
+        min=1,
+        max=6,
+        help="Run each run directory's network over this many orientations of the slice and "
+        "average, as 'export --ensemble N' writes it (the shipped models: 3), so a run scores "
+        "as its exported file will. Models carry their own.",
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda: where the networks run."),
     out: Path | None = typer.Option(
         None, help="Report folder. Default: reports/evaluate-YYYYmmdd-HHMMSS."
@@ -85,7 +93,7 @@ def evaluate(
 
     methods = methods or []
     if phantom:
-        _evaluate_phantom(methods, data, dose, low, bm3d, bm3d_sigma, device, out)
+        _evaluate_phantom(methods, data, dose, low, bm3d, bm3d_sigma, device, out, ensemble)
         return
     if low is not None and data is None:
         raise typer.BadParameter("--low needs the full-dose series in --data", param_hint="--low")
@@ -110,7 +118,7 @@ def evaluate(
     source = PairsSource(data, low, Path(runs[0]) if runs else None, dose, seed, views,
                          max_slices, noise_texture)  # fmt: skip
     with _refusals():
-        rows = compared_methods(methods, device, bm3d, bm3d_sigma)
+        rows = compared_methods(methods, device, bm3d, bm3d_sigma, ensemble)
         metrics, pairs, folder = evaluate_pairs(
             source, rows, torch_device.type, out, figures, vgg_weights, bm3d_sigma, physics
         )
@@ -162,6 +170,7 @@ def _evaluate_phantom(
     bm3d_sigma: float | None,
     device: str,
     out: Path | None,
+    ensemble: int = 1,
 ) -> None:
     """``evaluate --phantom``: the physicist's battery on the LCD-CT phantom alone."""
     from manas_infer.evaluate import default_phantom_dir
@@ -176,7 +185,7 @@ def _evaluate_phantom(
                                  "give its folder with --data", param_hint="--data")  # fmt: skip
     with _refusals():
         lcd = load_phantom(folder)
-        rows = compared_methods(methods, device, bm3d, bm3d_sigma)
+        rows = compared_methods(methods, device, bm3d, bm3d_sigma, ensemble)
     metrics, report = evaluate_phantom(lcd, rows, _device(device).type, out, bm3d_sigma)
     _print_battery(metrics, folder)
     console.print(

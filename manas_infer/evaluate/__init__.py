@@ -51,13 +51,15 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
-def method_for(item: str, device: str) -> Method:
-    """A run directory (its net runs in torch), or else a model name in models/ or a .onnx
-    path (the runtime); ``device`` is auto, cpu or cuda for both."""
+def method_for(item: str, device: str, ensemble: int = 1) -> Method:
+    """A run directory (its net runs in torch, over ``ensemble`` orientations), or else a
+    model name in models/ or a .onnx path (the runtime; the file holds its own ensemble);
+    ``device`` is auto, cpu or cuda for both."""
     if is_run_dir(item):
         from manas_infer.device import resolve_device
 
-        return run_method(Path(item), str(resolve_device(device)))  # keeps a cuda:N index
+        device = str(resolve_device(device))  # keeps a cuda:N index
+        return run_method(Path(item), device, ensemble)
     return model_method(item, device)
 
 

@@ -95,28 +95,31 @@ def automatic_method(device: str = "auto") -> Method:
     )
 
 
-def run_method(run_dir: Path, device: str = "cpu") -> Method:
-    """The best retrained net of a run directory, in torch, HU in and HU out."""
+def run_method(run_dir: Path, device: str = "cpu", ensemble: int = 1) -> Method:
+    """The best retrained net of a run directory, in torch, HU in and HU out; ``ensemble``
+    N averages it over N orientations, as ``export --ensemble N`` writes it (the shipped
+    models: 3), so a run scores as its exported file will."""
     from manas_infer.export.graph import HUModel
     from manas_infer.train.profile import count_flops, count_parameters
     from manas_infer.train.run import load_run_config, load_trained
 
     config = load_run_config(run_dir)
     net, best = load_trained(run_dir)
-    graph = HUModel(net, net.size_multiple).to(device).eval()
+    graph = HUModel(net, net.size_multiple, ensemble=ensemble).to(device).eval()
 
     @torch.no_grad()
     def denoise(hu: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None].to(device)
         return graph(x)[0, 0].cpu().numpy()
 
+    passes = f", {ensemble} orientations" if ensemble > 1 else ""
     return Method(
-        f"{config.arch}-{config.dose:g}pct ({run_dir.name})",
+        f"{config.arch}-{config.dose:g}pct ({run_dir.name}{passes})",
         "run",
         denoise,
         count_parameters(net),
-        count_flops(net, 512, 512) / 1e9,
-        f"{run_dir} best epoch {best['epoch']}, torch on {device}",
+        ensemble * count_flops(net, 512, 512) / 1e9,
+        f"{run_dir} best epoch {best['epoch']}, torch on {device}{passes}",
     )
 
 

@@ -19,11 +19,12 @@ class CannotEvaluate(Exception):
 
 
 def compared_methods(
-    methods: list[str], device: str, bm3d: bool, bm3d_sigma: float | None
+    methods: list[str], device: str, bm3d: bool, bm3d_sigma: float | None, ensemble: int = 1
 ) -> list[Method]:
-    """The rows besides the input: every run directory or model named, and BM3D if asked."""
+    """The rows besides the input: every run directory (over ``ensemble`` orientations) or
+    model named, and BM3D if asked."""
     try:
-        rows = [evaluation.method_for(method, device) for method in methods]
+        rows = [evaluation.method_for(method, device, ensemble) for method in methods]
     except (ModelError, FileNotFoundError, ValueError) as exc:
         raise CannotEvaluate(str(exc)) from exc
     if bm3d:
