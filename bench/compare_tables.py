@@ -77,16 +77,13 @@ def table_rows(folder: Path, patient: str, also: tuple[Path, ...] = ()) -> list[
     metrics = json.loads((folder / "metrics.json").read_text())
     methods = list(metrics["methods"])
     physics = {row["method"]: row for row in metrics.get("physics", {}).get("rows", [])}
-    others = [folder, *also]
-    siblings = [
-        path
-        for other in others
-        for path in (
-            ([other / "metrics.json"] if other != folder else [])
-            + sorted(other.parent.glob(f"{other.name}-*/metrics.json"))
-        )
-        if path.is_file()
-    ]
+    siblings = sorted(folder.parent.glob(f"{folder.name}-*/metrics.json"))
+    for other in also:
+        siblings += [
+            other / "metrics.json",
+            *sorted(other.parent.glob(f"{other.name}-*/metrics.json")),
+        ]
+    siblings = [path for path in siblings if path.is_file()]
     for sibling in siblings:
         extra = json.loads(sibling.read_text())
         if not _same_input(metrics, extra):
