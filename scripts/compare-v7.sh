@@ -3,9 +3,11 @@
 # the untouched test patients at 10, 5 and 2.5 %, both noise grains, on the same slices and
 # noise (seed 0) as compare-v6, whose reports (the v6 runs alone, v3, v5, RED-CNN, DnCNN,
 # BM3D) are merged into the tables beside them instead of being computed again (BM3D is run
-# again at 5 % only, for the pictures).
+# again at 5 % only, for the pictures). At 10 and 2.5 % (ramp grain), where compare-v6 has no
+# baselines, RED-CNN and DnCNN (their 5 % networks, scripts/compare-v3.sh) and BM3D are
+# scored on the same slices in a sibling report (...-baselines, about 4 min each).
 #
-#   scripts/compare-v7.sh        # after scripts/export-shipped-models.sh; about 15 minutes
+#   scripts/compare-v7.sh        # after scripts/export-shipped-models.sh; about 30 minutes
 #
 # Environment: as scripts/v2-runs.sh; SLICES (default 6), OUT, GRAINS, DOSES, NAME (default
 # compare-v7), ALSO (earlier comparisons merged, default compare-v6), V6_RUNS (the kept runs).
@@ -33,6 +35,17 @@ for grain in "${GRAINS[@]}"; do
                 --data "$SHARED_DATA/ct/$series" --dose "$dose" --noise-texture "$grain" \
                 --max-slices "$SLICES" --figures 2 --seed 0 --device cpu --out "$out"
         done
+    done
+done
+V3=models/training/shipped-v3
+for dose in "${DOSES[@]}"; do
+    [ "$dose" = 5 ] && continue
+    for series in "${TEST_SERIES[@]}"; do
+        out="$OUT/$NAME-${dose}pct-${series}-grain0-baselines"
+        if [ -f "$out/metrics.json" ]; then echo "done already: $out"; continue; fi
+        "$BIN" evaluate "$(RUNS=$V3 newest_run redcnn 5)" "$(RUNS=$V3 newest_run dncnn 5)" --bm3d \
+            --data "$SHARED_DATA/ct/$series" --dose "$dose" --noise-texture 0 \
+            --max-slices "$SLICES" --figures 2 --seed 0 --device cpu --out "$out"
     done
 done
 "$PY" bench/compare_tables.py --results "$OUT" --name "$NAME" \
