@@ -4,8 +4,10 @@
 # noise (seed 0) as compare-v6, whose reports (the v6 runs alone, v3, v5, RED-CNN, DnCNN,
 # BM3D) are merged into the tables beside them instead of being computed again (BM3D is run
 # again at 5 % only, for the pictures). At 10 and 2.5 % (ramp grain), where compare-v6 has no
-# baselines, RED-CNN and DnCNN (their 5 % networks, scripts/compare-v3.sh) and BM3D are
-# scored on the same slices in a sibling report (...-baselines, about 4 min each).
+# baselines, sibling reports on the same slices score RED-CNN and DnCNN (their 5 % networks,
+# scripts/compare-v3.sh) and BM3D (...-baselines, about 4 min each), the shipped 5 % MANAS
+# model (...-5pct-weights: with the 5 % baselines, every network at the same budget), and
+# the baselines fine-tuned at that dose (...-tuned-baselines, scripts/tune-baselines.sh).
 #
 #   scripts/compare-v7.sh        # after scripts/export-shipped-models.sh; about 30 minutes
 #
@@ -38,12 +40,33 @@ for grain in "${GRAINS[@]}"; do
     done
 done
 V3=models/training/shipped-v3
+TUNED_BASELINES=${TUNED_BASELINES:-models/training/tuned-baselines}
 for dose in "${DOSES[@]}"; do
     [ "$dose" = 5 ] && continue
     for series in "${TEST_SERIES[@]}"; do
+        # Equal budget: every network as trained at 5 % (no per-dose step for any).
         out="$OUT/$NAME-${dose}pct-${series}-grain0-baselines"
         if [ -f "$out/metrics.json" ]; then echo "done already: $out"; continue; fi
         "$BIN" evaluate "$(RUNS=$V3 newest_run redcnn 5)" "$(RUNS=$V3 newest_run dncnn 5)" --bm3d \
+            --data "$SHARED_DATA/ct/$series" --dose "$dose" --noise-texture 0 \
+            --max-slices "$SLICES" --figures 2 --seed 0 --device cpu --out "$out"
+    done
+    for series in "${TEST_SERIES[@]}"; do
+        out="$OUT/$NAME-${dose}pct-${series}-grain0-5pct-weights"
+        [ -f "$out/metrics.json" ] || "$BIN" evaluate manas-5pct --no-bm3d \
+            --data "$SHARED_DATA/ct/$series" --dose "$dose" --noise-texture 0 \
+            --max-slices "$SLICES" --figures 0 --seed 0 --device cpu --out "$out"
+    done
+    # The baselines fine-tuned at this dose (scripts/tune-baselines.sh), where they exist.
+    tuned=()
+    for arch in redcnn dncnn; do
+        run=$(RUNS=$TUNED_BASELINES newest_run "$arch" "$dose")
+        finished "$run" && tuned+=("$run")
+    done
+    [ "${#tuned[@]}" -gt 0 ] || continue
+    for series in "${TEST_SERIES[@]}"; do
+        out="$OUT/$NAME-${dose}pct-${series}-grain0-tuned-baselines"
+        [ -f "$out/metrics.json" ] || "$BIN" evaluate "${tuned[@]}" --no-bm3d \
             --data "$SHARED_DATA/ct/$series" --dose "$dose" --noise-texture 0 \
             --max-slices "$SLICES" --figures 2 --seed 0 --device cpu --out "$out"
     done
