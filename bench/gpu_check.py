@@ -1146,25 +1146,18 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> list[s
     return out
 
 
+_TRAINING_COLUMNS = [  # the search and the retraining report the same step figures
+    ("checkpointing", "checkpointing"),
+    ("s_per_step", "s / step (median)"),
+    ("steps_timed", "steps"),
+    ("peak_allocated_mib", "peak allocated MiB"),
+    ("peak_reserved_mib", "peak reserved MiB"),
+    ("last_loss", "loss"),
+    ("losses_finite", "finite"),
+]
 COLUMNS = {
-    "search": [
-        ("checkpointing", "checkpointing"),
-        ("s_per_step", "s / step (median)"),
-        ("steps_timed", "steps"),
-        ("peak_allocated_mib", "peak allocated MiB"),
-        ("peak_reserved_mib", "peak reserved MiB"),
-        ("last_loss", "loss"),
-        ("losses_finite", "finite"),
-    ],
-    "retrain": [
-        ("checkpointing", "checkpointing"),
-        ("s_per_step", "s / step (median)"),
-        ("steps_timed", "steps"),
-        ("peak_allocated_mib", "peak allocated MiB"),
-        ("peak_reserved_mib", "peak reserved MiB"),
-        ("last_loss", "loss"),
-        ("losses_finite", "finite"),
-    ],
+    "search": _TRAINING_COLUMNS,
+    "retrain": _TRAINING_COLUMNS,
     "inference": [
         ("network", "network"),
         ("precision", "precision"),
