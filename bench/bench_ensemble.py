@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,19 @@ def psnr(image: np.ndarray, full: np.ndarray) -> float:
     return slice_scores([image], [full])["psnr"]
 
 
+def out_of_sample_slices(count: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(label, full dose, simulated 5 %) for ``count`` evenly spaced whole slices of each
+    of ``SERIES`` (seed = slice index): the same slices for every bench that uses them."""
+    simulator = LowDoseSimulator(DoseSettings(dose_percent=5.0))
+    for name in SERIES:
+        series = scan(SHARED / "ct" / name).series[0]
+        picks = np.linspace(0, series.n_slices - 1, count + 2)[1:-1].astype(int)
+        for i in picks.tolist():
+            full = series.read_slice_hu(i).astype(np.float32)
+            low = simulator.simulate_numpy(full, series.pixel_spacing[0], seed=i)
+            yield f"{name}, slice {i}", full, low
+
+
 def turned_outputs(graph: HUModel, low: np.ndarray) -> dict[str, np.ndarray]:
     """The network's output on each orientation of ``low``, turned back (HU)."""
     x = torch.from_numpy(np.ascontiguousarray(low, dtype=np.float32))[None, None]
@@ -73,24 +87,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     started = time.time()
-    simulator = LowDoseSimulator(DoseSettings(dose_percent=5.0))
     result: dict = {"series": list(SERIES), "dose_percent": 5.0, "runs": {}}
     for run in args.runs:
         net, _ = load_trained(run)
         graph = HUModel(net, net.size_multiple).eval()  # one pass; the sets are formed here
         scores: dict[str, list[float]] = {" + ".join(s): [] for s in SETS}
         inputs: list[float] = []
-        for name in SERIES:
-            series = scan(SHARED / "ct" / name).series[0]
-            picks = np.linspace(0, series.n_slices - 1, args.slices + 2)[1:-1].astype(int)
-            for i in picks.tolist():
-                full = series.read_slice_hu(i).astype(np.float32)
-                low = simulator.simulate_numpy(full, series.pixel_spacing[0], seed=i)
-                outs = turned_outputs(graph, low)
-                inputs.append(psnr(low, full))
-                for members in SETS:
-                    mean = np.mean([outs[m] for m in members], axis=0)
-                    scores[" + ".join(members)].append(psnr(mean, full))
+        for _, full, low in out_of_sample_slices(args.slices):
+            outs = turned_outputs(graph, low)
+            inputs.append(psnr(low, full))
+            for members in SETS:
+                mean = np.mean([outs[m] for m in members], axis=0)
+                scores[" + ".join(members)].append(psnr(mean, full))
         single = scores["identity"]
         sets = {}
         for key, values in scores.items():

@@ -145,6 +145,15 @@ class Genotype:
             version=data["version"], C=data["C"], L=L, D=data["D"], P=P, cells=cells, edges=edges
         )
 
+    def grows(self, other: Genotype) -> bool:
+        """True when this genotype is ``other`` with more kept grid edges (same size and
+        cells): a net of it can start from a trained net of ``other``
+        (``DerivedNetwork.load_grown``)."""
+        same = (self.C, self.L, self.D, self.P, self.cells) == (
+            other.C, other.L, other.D, other.P, other.cells
+        )  # fmt: skip
+        return same and set(other.edges) < set(self.edges)
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")
 

@@ -10,6 +10,7 @@ fixed at construction, so tracing for ONNX records the same graph for every inpu
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from manas_infer.train.cells import DerivedCell
@@ -52,6 +53,28 @@ class DerivedNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.residual(x)
+
+    def load_grown(self, state_dict: dict[str, Tensor]) -> list[str]:
+        """Start from the weights of a net whose genotype this one grows (``grows``): the
+        cells both have take their trained weights; a new cell that feeds a block the old net
+        had starts with a zero output projection, so the grown net first computes exactly
+        what the old one did and training opens the new path from there. The new cells'
+        keys, sorted."""
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        if unexpected or any(not key.startswith("cells.") for key in missing):
+            raise ValueError(
+                "these weights are not of a genotype this one grows: "
+                f"unexpected {sorted(unexpected)}, missing {sorted(missing)}"
+            )
+        new = sorted({key.split(".")[1] for key in missing})
+        for _, inputs in self._plan:
+            if any(key not in new for key, _ in inputs):  # a block the old net had
+                for key, _ in inputs:
+                    if key in new:
+                        with torch.no_grad():
+                            self.cells[key].project.weight.zero_()
+                            self.cells[key].project.bias.zero_()
+        return new
 
     def residual(self, x: Tensor) -> Tensor:
         """The head's output alone: what the net adds to its input (minus the noise).

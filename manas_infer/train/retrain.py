@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
+from manas_infer.console import console
 from manas_infer.metrics import mean_sd
 from manas_infer.train.device_policy import autocast, retrain_layout
 from manas_infer.train.distributed import data_parallel
@@ -46,7 +47,13 @@ class RetrainStage(Stage):
         if "retrain_model" in state:
             self.model.load_state_dict(state["retrain_model"])
         elif config.init_weights is not None:  # fine-tuning: the first epoch starts from them
-            self.model.load_state_dict(read_weights(Path(config.init_weights))["state_dict"])
+            start = read_weights(Path(config.init_weights))
+            if start.get("genotype", state["genotype"]) == state["genotype"]:
+                self.model.load_state_dict(start["state_dict"])
+            else:  # a grown genotype (--genotype with --init-weights): new paths start at 0
+                new = self.model.load_grown(start["state_dict"])
+                if trainer.ctx.is_main:
+                    console.print(f"grown from {config.init_weights}: new cells {', '.join(new)}")
         if "retrain_opt" in state:
             self.optimizer.load_state_dict(state["retrain_opt"])
             self.schedule.load_state_dict(state["retrain_schedule"])

@@ -86,13 +86,20 @@ def choose_preset(options: TrainOptions, device: torch.device) -> Preset:
 
 
 def _given_architecture(options: TrainOptions, preset: Preset) -> str | None:
-    """The genotype (JSON) to retrain without a search: --init-weights' own or --genotype;
-    None for a search (or a baseline, which has none)."""
+    """The genotype (JSON) to retrain without a search: --init-weights' own or --genotype
+    (with --init-weights, only one that grows the weights' own: more kept paths); None for
+    a search (or a baseline, which has none)."""
     start = None
     if options.init_weights is not None:
         start = read_weights(options.init_weights)
-        if options.genotype is not None:
-            raise ValueError("--init-weights brings its own architecture; drop --genotype")
+        if options.genotype is not None and not (
+            start.get("genotype")
+            and Genotype.load(options.genotype).grows(Genotype.from_json(start["genotype"]))
+        ):
+            raise ValueError(
+                "--init-weights brings its own architecture; drop --genotype, or give one "
+                "that only adds kept edges to it (the same C, L, D, P and cells)"
+            )
         if start.get("arch", "manas") != options.arch:
             raise ValueError(
                 f"{options.init_weights} holds a {start.get('arch', 'manas')} network, not "
