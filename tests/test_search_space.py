@@ -372,6 +372,29 @@ def test_genotype_validation_on_load() -> None:
         Genotype.from_json("{")
 
 
+def test_a_grown_genotype_starts_as_the_net_it_grew_from() -> None:
+    """More kept edges (recipe v8's full-resolution path): the shared cells keep their
+    weights, the new path starts at zero, so the grown net first computes what the old one
+    did; and it is the only architecture change a fine-tune accepts."""
+    g = replace(small_genotype(), edges=edges_of((2, 3, 2), (2, 2, 1)))  # no (1,1) path
+    grown = replace(g, edges=edges_of((2, 3, 2), (2, 2, 1), (1, 1, 1)))
+    assert grown.grows(g) and not g.grows(grown) and not g.grows(g)
+    other_cells = dict(g.cells, compress=("conv_3x3",) * 6)
+    assert not replace(grown, cells=other_cells).grows(g), "other ops: not the same cells"
+    torch.manual_seed(0)
+    old = DerivedNetwork(g).eval()
+    new = DerivedNetwork(grown).eval()
+    added = new.load_grown(old.state_dict())
+    assert added == ["L1_D1_transfer", "L2_D1_transfer", "L3_D1_transfer"]
+    assert not new.cells["L3_D1_transfer"].project.weight.any()  # feeds a block old had
+    assert new.cells["L1_D1_transfer"].project.weight.any()  # new block: trains from init
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), old(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not of a genotype this one grows"):
+        DerivedNetwork(g).load_grown(new.state_dict())  # the other way round
+
+
 # ---- derived network: export and cost ------------------------------------------------------
 
 

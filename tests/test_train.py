@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from manas_infer.train.genotype import Genotype
 from manas_infer.train.presets import PRESETS
 from manas_infer.train.run import RunConfig, create_run
 from manas_infer.train.search import capped_cells
+from manas_infer.train.start import _given_architecture
 from manas_infer.train.trainer import Trainer
 
 runner = CliRunner()
@@ -152,6 +154,52 @@ def test_fine_tuning_starts_from_the_given_weights(data_root: Path, tmp_path: Pa
     fresh = create_run(tmp_path / "runs", scratch)
     Trainer(fresh, scratch, DistContext(torch.device("cpu"))).run()
     assert not torch.allclose(_weights(fresh, "best.pt")["stem.weight"], before["stem.weight"])
+
+
+def test_a_fine_tune_may_grow_the_architecture(data_root: Path, tmp_path: Path) -> None:
+    """--init-weights with a --genotype that only adds kept edges (recipe v8): accepted, the
+    trained cells carry over, the new path starts at zero; any other genotype is refused."""
+    searched = _tiny_genotype()
+    one_path = replace(searched, edges=(((0, 1), (1, 1)), ((1, 1), (2, 1)), ((2, 1), (3, 1))))
+    assert searched.grows(one_path)
+    source_config = replace(_config(data_root, tmp_path / "cache", retrain_epochs=1),
+                            genotype=one_path.to_json())  # fmt: skip
+    source = create_run(tmp_path / "runs", source_config)
+    Trainer(source, source_config, DistContext(torch.device("cpu"))).run()
+    grown_file, other_file = tmp_path / "grown.json", tmp_path / "other.json"
+    searched.save(grown_file)
+    replace(searched, C=searched.C * 2).save(other_file)
+    options = SimpleNamespace(init_weights=source, arch="manas", genotype=grown_file)
+    assert _given_architecture(options, PRESETS["tiny"]) == searched.to_json()
+    with pytest.raises(ValueError, match="only adds kept edges"):
+        _given_architecture(replace_options(options, genotype=other_file), PRESETS["tiny"])
+    grown_config = replace(
+        _config(data_root, tmp_path / "cache", retrain_epochs=1, lr=1e-12, lr_min=1e-12),
+        genotype=searched.to_json(), init_weights=str(source / "checkpoints" / "best.pt"),
+    )  # fmt: skip
+    grown = create_run(tmp_path / "runs", grown_config)
+    Trainer(grown, grown_config, DistContext(torch.device("cpu"))).run()
+    before, after = _weights(source, "best.pt"), _weights(grown, "best.pt")
+    assert set(before) < set(after)
+    for name in before:
+        assert torch.allclose(before[name], after[name], atol=1e-6), name
+    new = {name.split(".")[1] for name in set(after) - set(before)}
+    into_old = [key for key in new if key.startswith("L2_D1")]  # feeds the old block (2, 1)
+    zero = [after[f"cells.{key}.project.weight"].abs().max() < 1e-9 for key in into_old]
+    assert into_old and all(zero), "the new path starts at zero (lr 1e-12: still there)"
+
+
+def _tiny_genotype() -> Genotype:
+    """Every edge of the tiny grid (L = 2, D = 2) that reaches the head, P = 2 cells."""
+    ops = ("conv_3x3", "skip_connect", "sep_conv_3x3")
+    edges = (((0, 1), (1, 1)), ((0, 1), (1, 2)), ((1, 1), (2, 1)), ((1, 2), (2, 1)),
+             ((2, 1), (3, 1)))  # fmt: skip
+    cells = dict.fromkeys(("expand", "transfer", "compress"), ops)
+    return Genotype(C=4, L=2, D=2, P=2, cells=cells, edges=edges)
+
+
+def replace_options(options: SimpleNamespace, **changes: object) -> SimpleNamespace:
+    return SimpleNamespace(**{**vars(options), **changes})
 
 
 def test_a_run_copied_to_another_machine_is_pointed_at_its_data(tmp_path: Path) -> None:
