@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROI = 64
 AXIS_BAND = 0.1  # cycles/px: the Nyquist line is taken within this of the other axis
 MID = (0.2, 0.3)  # cycles/px: the ring the mid-frequency fraction is taken over
+SD_FACTOR = 3.0  # ROIs up to 3x the flattest one's SD: thin patients have few flat 64 px
 
 
 def line_power(nps: np.ndarray, axis: int) -> tuple[float, float]:
@@ -64,20 +65,24 @@ def ring_power(nps: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="*", default=["manas-5pct", "manas-5pct-soft"])
-    parser.add_argument("--slices", type=int, default=3)
+    parser.add_argument(
+        "models", nargs="*", default=["manas-5pct", "manas-5pct-soft"],
+        help="shipped model names, or paths of .onnx files",
+    )  # fmt: skip
+    parser.add_argument("--slices", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     started = time.time()
     sessions = {
         name: ort.InferenceSession(
-            str(REPO / "models" / f"{name}.onnx"), providers=["CPUExecutionProvider"]
+            name if name.endswith(".onnx") else str(REPO / "models" / f"{name}.onnx"),
+            providers=["CPUExecutionProvider"],
         )
         for name in args.models
     }
     errors: dict[str, list[np.ndarray]] = {"input": [], **{name: [] for name in sessions}}
     for _, full, low in out_of_sample_slices(args.slices):
-        corners = uniform_rois(full, ROI, max_rois=6)
+        corners = uniform_rois(full, ROI, max_rois=6, sd_factor=SD_FACTOR)
         if not corners:
             continue
         errors["input"].append(crop(low - full, corners, ROI))

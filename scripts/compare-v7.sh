@@ -6,13 +6,16 @@
 # again at 5 % only, for the pictures). At 10 and 2.5 % (ramp grain), where compare-v6 has no
 # baselines, sibling reports on the same slices score RED-CNN and DnCNN (their 5 % networks,
 # scripts/compare-v3.sh) and BM3D (...-baselines, about 4 min each), the shipped 5 % MANAS
-# model (...-5pct-weights: with the 5 % baselines, every network at the same budget), and
-# the baselines fine-tuned at that dose (...-tuned-baselines, scripts/tune-baselines.sh).
+# model (...-5pct-weights: with the 5 % baselines, every network at the same budget).
 #
 #   scripts/compare-v7.sh        # after scripts/export-shipped-models.sh; about 30 minutes
 #
 # Environment: as scripts/v2-runs.sh; SLICES (default 6), OUT, GRAINS, DOSES, NAME (default
-# compare-v7), ALSO (earlier comparisons merged, default compare-v6), V6_RUNS (the kept runs).
+# compare-v7), ALSO (earlier comparisons merged, default compare-v6), V6_RUNS (the kept runs),
+# BASELINES (default 1; 0: score no baseline here, merge an earlier comparison's through ALSO).
+#
+#   NAME=compare-v8 ALSO=compare-v7 BASELINES=0 V6_RUNS=models/training/tuned-v8 scripts/compare-v7.sh
+#       recipe v8 (scripts/train-v8-models.sh) beside v7 and its baselines, about 15 minutes
 set -uo pipefail  # not -e: evaluate exits 1 after naming a0002's truncated file, and goes on
 cd "$(dirname "$0")/.."
 source scripts/v2-runs.sh
@@ -40,10 +43,10 @@ for grain in "${GRAINS[@]}"; do
     done
 done
 V3=models/training/shipped-v3
-TUNED_BASELINES=${TUNED_BASELINES:-models/training/tuned-baselines}
 for dose in "${DOSES[@]}"; do
     [ "$dose" = 5 ] && continue
     for series in "${TEST_SERIES[@]}"; do
+        [ "${BASELINES:-1}" = 1 ] || continue
         # Equal budget: every network as trained at 5 % (no per-dose step for any).
         out="$OUT/$NAME-${dose}pct-${series}-grain0-baselines"
         if [ -f "$out/metrics.json" ]; then echo "done already: $out"; continue; fi
@@ -56,19 +59,6 @@ for dose in "${DOSES[@]}"; do
         [ -f "$out/metrics.json" ] || "$BIN" evaluate manas-5pct --no-bm3d \
             --data "$SHARED_DATA/ct/$series" --dose "$dose" --noise-texture 0 \
             --max-slices "$SLICES" --figures 0 --seed 0 --device cpu --out "$out"
-    done
-    # The baselines fine-tuned at this dose (scripts/tune-baselines.sh), where they exist.
-    tuned=()
-    for arch in redcnn dncnn; do
-        run=$(RUNS=$TUNED_BASELINES newest_run "$arch" "$dose")
-        finished "$run" && tuned+=("$run")
-    done
-    [ "${#tuned[@]}" -gt 0 ] || continue
-    for series in "${TEST_SERIES[@]}"; do
-        out="$OUT/$NAME-${dose}pct-${series}-grain0-tuned-baselines"
-        [ -f "$out/metrics.json" ] || "$BIN" evaluate "${tuned[@]}" --no-bm3d \
-            --data "$SHARED_DATA/ct/$series" --dose "$dose" --noise-texture 0 \
-            --max-slices "$SLICES" --figures 2 --seed 0 --device cpu --out "$out"
     done
 done
 "$PY" bench/compare_tables.py --results "$OUT" --name "$NAME" \

@@ -6,21 +6,24 @@
 #
 #   scripts/export-shipped-models.sh       # about 15 minutes on 2 CPU cores
 #
-# Both families come from recipe v6 (scripts/train-v6-models.sh, which ends by calling
-# this), under V6_RUNS (default models/training/tuned-v6, where they are kept): the
-# fine-grain manas-{10,5,2.5}pct from fine/, the coarse-grain manas-{10,5,2.5}pct-soft from
-# soft/. Environment: as scripts/v2-runs.sh; V6_RUNS.
+# The fine-grain manas-{10,5,2.5}pct come from FINE_RUNS (default models/training/tuned-v8/
+# fine: recipe v8, scripts/train-v8-models.sh), the coarse-grain manas-{10,5,2.5}pct-soft
+# from SOFT_RUNS (default models/training/tuned-v6/soft: recipe v6, scripts/train-v6-models.sh;
+# not yet grown). V6_RUNS=ROOT sets both to ROOT/fine and ROOT/soft (how the training
+# recipes call this). Environment: as scripts/v2-runs.sh; FINE_RUNS, SOFT_RUNS, V6_RUNS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-V6_RUNS=${V6_RUNS:-models/training/tuned-v6}
+if [ -n "${V6_RUNS:-}" ]; then FINE_RUNS=$V6_RUNS/fine SOFT_RUNS=$V6_RUNS/soft; fi
+FINE_RUNS=${FINE_RUNS:-models/training/tuned-v8/fine}
+SOFT_RUNS=${SOFT_RUNS:-models/training/tuned-v6/soft}
 source scripts/v2-runs.sh
 source scripts/export-models.sh
 # The cards state each fine-tune's base runs (found by the paths the runs were started with:
-# models/training/tuned-v3 and tuned-v5, in the repository). They also list the training
+# models/training/tuned-v6, -v5 and -v3, in the repository). They also list the training
 # series and check parity on real test slices from the run's dataset cache (dataset.json
 # names it): without it the card says "synthetic phantom slices" and lists no series.
-for d in 10 5 2.5; do TUNED=$V6_RUNS/fine export_model "$d"; done
-for d in 10 5 2.5; do TUNED=$V6_RUNS/soft export_model "$d" -soft; done
+for d in 10 5 2.5; do TUNED=$FINE_RUNS export_model "$d"; done
+for d in 10 5 2.5; do TUNED=$SOFT_RUNS export_model "$d" -soft; done
 "$PY" -m manas_infer.evaluate.scorecard --write
 "$PY" -m manas_infer.runtime.calibrate
 scripts/evaluate-shipped-models.sh
