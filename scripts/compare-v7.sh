@@ -14,8 +14,8 @@
 # compare-v7), ALSO (earlier comparisons merged, default compare-v6), V6_RUNS (the kept runs),
 # BASELINES (default 1; 0: score no baseline here, merge an earlier comparison's through ALSO).
 #
-#   NAME=compare-v8 ALSO=compare-v7 BASELINES=0 V6_RUNS=models/training/tuned-v8 scripts/compare-v7.sh
-#       recipe v8 (scripts/train-v8-models.sh) beside v7 and its baselines, about 15 minutes
+#   NAME=compare-v8 ALSO="compare-v7 compare-v6" BASELINES=0 V6_RUNS=models/training/tuned-v8 \
+#       scripts/compare-v7.sh     # recipe v8 beside v7, v6 and their baselines, about 15 min
 set -uo pipefail  # not -e: evaluate exits 1 after naming a0002's truncated file, and goes on
 cd "$(dirname "$0")/.."
 source scripts/v2-runs.sh
