@@ -7,15 +7,16 @@
 #   scripts/export-shipped-models.sh       # about 15 minutes on 2 CPU cores
 #
 # The fine-grain manas-{10,5,2.5}pct come from FINE_RUNS (default models/training/tuned-v8/
-# fine: recipe v8, scripts/train-v8-models.sh), the coarse-grain manas-{10,5,2.5}pct-soft
-# from SOFT_RUNS (default models/training/tuned-v6/soft: recipe v6, scripts/train-v6-models.sh;
-# not yet grown). V6_RUNS=ROOT sets both to ROOT/fine and ROOT/soft (how the training
-# recipes call this). Environment: as scripts/v2-runs.sh; FINE_RUNS, SOFT_RUNS, V6_RUNS.
+# fine), the coarse-grain manas-{10,5,2.5}pct-soft from SOFT_RUNS (default
+# models/training/tuned-v8/soft): both recipe v8, scripts/train-v8-models.sh. V6_RUNS=ROOT
+# sets both to ROOT/fine and ROOT/soft (how the training recipes call this; ROOT=
+# models/training/tuned-v6 exports the v6 models again). Environment: as scripts/v2-runs.sh;
+# FINE_RUNS, SOFT_RUNS, V6_RUNS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${V6_RUNS:-}" ]; then FINE_RUNS=$V6_RUNS/fine SOFT_RUNS=$V6_RUNS/soft; fi
 FINE_RUNS=${FINE_RUNS:-models/training/tuned-v8/fine}
-SOFT_RUNS=${SOFT_RUNS:-models/training/tuned-v6/soft}
+SOFT_RUNS=${SOFT_RUNS:-models/training/tuned-v8/soft}
 source scripts/v2-runs.sh
 source scripts/export-models.sh
 # The cards state each fine-tune's base runs (found by the paths the runs were started with:

@@ -15,11 +15,12 @@
 # Each network starts from its v6 weights with the new path at zero (train/network.py
 # load_grown: it first computes exactly what v6 did) and is tuned with v6's settings
 # (lesions 3, lr 3e-4, gain x0.7-1.4, the family's grain) for 4 epochs, the length of v6's
-# own per-dose step (about 10 min each on 2 idle cores). The default manas-5pct takes two
-# steps: 8 epochs so (18 min; kept in fine-base/), which lowered the LCD phantom's 4 mm,
-# 14 HU rod at its 10 % (AUC change -0.113 [-0.233, -0.027], tests/test_lcd_gate.py), then 4
-# more with twice the lesions (--lesions 6, 11 min), which keeps it (-0.092 [-0.210, +0.003])
-# at the cost of the first step's PSNR gain (bench/results/compare-v8.md).
+# own per-dose step (10-13 min each on 2 idle cores; the -soft three 36 min in all). The
+# default manas-5pct takes two steps: 8 epochs so (18 min; kept in fine-base/), which
+# lowered the LCD phantom's 4 mm, 14 HU rod at its 10 % (AUC change -0.113 [-0.233, -0.027],
+# tests/test_lcd_gate.py), then 4 more with twice the lesions (--lesions 6, 11 min), which
+# keeps it (-0.092 [-0.210, +0.003]) at the cost of the first step's PSNR gain
+# (bench/results/compare-v8.md).
 #
 #   scripts/train-v8-models.sh                                  # all six, then export
 #   EXPORT=0 DOSES=5 FAMILIES=fine scripts/train-v8-models.sh   # a part, no export

@@ -100,13 +100,13 @@ def test_shipped_model_matches_the_numbers_on_its_card(scored) -> None:
 # Recipe v8 (scripts/train-v8-models.sh): before it the networks had no full-resolution path
 # and passed a pattern of alternating rows or columns (the Nyquist frequency) through: on
 # this slice the v6 models kept 43-60 % of the rows' and 81-89 % of the columns' pattern,
-# the grid in their zooms (bench/results/grid.md); the grown fine family keeps 8-18 % and
-# 23-34 %. The soft family is not grown yet.
-GROWN = [path for path in SHIPPED if not path.stem.endswith("-soft")]
-NYQUIST_KEPT_MAX = 0.4
+# the grid in their zooms (bench/results/grid.md). Grown, the fine family keeps 8-18 % and
+# 23-34 %; the -soft family 7-19 % and 31-43 % (v6: 45-63 % and 83-93 %): taught a soft
+# kernel's coarse grain, which has little power at that frequency, it is held a little less.
+NYQUIST_KEPT_MAX = {"fine": 0.4, "soft": 0.5}
 
 
-@pytest.mark.parametrize("model", GROWN, ids=lambda path: path.stem)
+@pytest.mark.parametrize("model", SHIPPED, ids=lambda path: path.stem)
 def test_shipped_model_removes_the_pattern_of_alternating_rows_and_columns(model) -> None:
     series = CT / TEST_SERIES[0]
     need(series)
@@ -120,4 +120,5 @@ def test_shipped_model_removes_the_pattern_of_alternating_rows_and_columns(model
         body[32:-32, 32:-32] = low[32:-32, 32:-32] > -500  # where the pattern rides on tissue
         change = denoiser(low + pattern) - denoiser(low)  # what of the pattern came through
         kept = float((change * pattern)[body].sum() / (pattern * pattern)[body].sum())
-        assert kept < NYQUIST_KEPT_MAX, (model.stem, kept)
+        family = "soft" if model.stem.endswith("-soft") else "fine"
+        assert kept < NYQUIST_KEPT_MAX[family], (model.stem, kept)
