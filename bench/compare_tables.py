@@ -12,7 +12,8 @@ into ``bench/results/compare-v3-tables.md``: PSNR and SSIM, full range and soft-
 window (mean ± SD over the whole slices), the noise SD in flat regions, the NPS mean
 frequency and the body-outline TTF f50 (the physicist's columns), parameters, GFLOPs per
 512 x 512 slice and seconds per slice on this machine's CPU. The full-dose row gives the
-reference's own noise, texture and sharpness.
+reference's own noise, texture and sharpness, and the PSNR a perfect output would score
+against it (``reference_floor``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
+
+from manas_infer.hu import HU_MAX, HU_MIN
 
 REPO = Path(__file__).resolve().parents[1]
 DOSES = ("10", "5", "2.5")
@@ -62,6 +67,23 @@ def _method_row(label: str, method: dict, physics: dict) -> str:
     )
 
 
+def reference_floor(metrics: dict, physics: dict) -> tuple[float, float] | None:
+    """(the full dose's own noise over the whole slice, HU; the PSNR of a perfect output
+    against it, dB): PSNR is taken against the full dose, whose noise no denoiser can know.
+    Its soft-tissue SD (NPS ROIs) scaled by the simulated noise's whole-slice RMS over that
+    noise's soft-tissue SD on the same slices: quantum noise is lower in air and lung, and
+    the HU range clips air, so the soft-tissue SD alone overstates it."""
+    low = next(m for m in metrics["methods"] if m["kind"] == "input")
+    sd_low = (physics.get(low["name"]) or {}).get("nps", {}).get("sd_hu")
+    sd_ref = (physics.get("full dose") or {}).get("nps", {}).get("sd_hu")
+    if not sd_low or not sd_ref or sd_low <= sd_ref:
+        return None
+    span = HU_MAX - HU_MIN
+    rmse = np.sqrt(np.mean([(span * 10 ** (-p / 20)) ** 2 for p in low["per_slice"]["psnr"]]))
+    floor = sd_ref * rmse / np.sqrt(sd_low**2 - sd_ref**2)  # the input's SD includes sd_ref
+    return float(floor), float(20 * np.log10(span / floor))
+
+
 def _same_input(a: dict, b: dict) -> bool:
     """Two reports scored the same slices with the same simulated noise."""
     first = next(m for m in a["methods"] if m["kind"] == "input")["per_slice"]["psnr"]
@@ -96,7 +118,12 @@ def table_rows(folder: Path, patient: str, also: tuple[Path, ...] = ()) -> list[
     for method in methods:
         rows.append(_method_row(label, method, physics))
         label = ""
-    rows.append(f"| | full dose (reference) | | | | | {_physics(physics.get('full dose'))} | | | |")
+    floor = reference_floor(metrics, physics)
+    ceiling = f"ceiling {floor[1]:.1f} (own noise {floor[0]:.1f} HU)" if floor else ""
+    rows.append(
+        f"| | full dose (reference) | {ceiling} | | | | "
+        f"{_physics(physics.get('full dose'))} | | | |"
+    )
     return rows
 
 
