@@ -67,13 +67,18 @@ def _method_row(label: str, method: dict, physics: dict) -> str:
     )
 
 
+def _input(metrics: dict) -> dict:
+    """The report's low-dose input row."""
+    return next(m for m in metrics["methods"] if m["kind"] == "input")
+
+
 def reference_floor(metrics: dict, physics: dict) -> tuple[float, float] | None:
     """(the full dose's own noise over the whole slice, HU; the PSNR of a perfect output
     against it, dB): PSNR is taken against the full dose, whose noise no denoiser can know.
     Its soft-tissue SD (NPS ROIs) scaled by the simulated noise's whole-slice RMS over that
     noise's soft-tissue SD on the same slices: quantum noise is lower in air and lung, and
     the HU range clips air, so the soft-tissue SD alone overstates it."""
-    low = next(m for m in metrics["methods"] if m["kind"] == "input")
+    low = _input(metrics)
     sd_low = (physics.get(low["name"]) or {}).get("nps", {}).get("sd_hu")
     sd_ref = (physics.get("full dose") or {}).get("nps", {}).get("sd_hu")
     if not sd_low or not sd_ref or sd_low <= sd_ref:
@@ -86,8 +91,7 @@ def reference_floor(metrics: dict, physics: dict) -> tuple[float, float] | None:
 
 def _same_input(a: dict, b: dict) -> bool:
     """Two reports scored the same slices with the same simulated noise."""
-    first = next(m for m in a["methods"] if m["kind"] == "input")["per_slice"]["psnr"]
-    second = next(m for m in b["methods"] if m["kind"] == "input")["per_slice"]["psnr"]
+    first, second = _input(a)["per_slice"]["psnr"], _input(b)["per_slice"]["psnr"]
     same_noise = all(abs(x - y) < 1e-3 for x, y in zip(first, second, strict=True))
     return a["labels"] == b["labels"] and same_noise
 
