@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from manas_infer import __version__
+from manas_infer.data.series import scan
 
 INTENDED_USE = (
     "Research and workflow evaluation of low-dose CT denoising. Not for primary diagnosis: "
@@ -34,6 +35,45 @@ def citation_files(root: Path, max_depth: int = 3) -> dict[str, str]:
                     (Path(folder) / name).read_text(errors="replace").strip()
                 )
     return found
+
+
+def _portable(series_key: str) -> str:
+    """A series key without the machine's path: files without a SeriesInstanceUID are keyed
+    by their folder's path (``data.series.series_key_of``); keep only the folder's name."""
+    if not series_key.startswith("no-series-uid:"):
+        return series_key
+    folder, *rest = series_key.removeprefix("no-series-uid:").split("|")
+    return "|".join([Path(folder).name, *rest])
+
+
+def series_table(root: Path, manifest: dict) -> list[dict]:
+    """One row per series under the data root: its folder (relative, so the card reads the
+    same on any machine), its SeriesInstanceUID, and what the run did with it, counted from
+    the dataset manifest: patches trained on ("train", "arch") or scored ("test"), or none.
+
+    The manifest keys slices by series, not by folder; a card must say which *series* (and so
+    which citation) a model learnt from, so the folders are read again here (headers only).
+    """
+    root = Path(root)
+    counts: dict[str, dict[str, int]] = {}
+    for entry in manifest.get("slices", []):
+        split = counts.setdefault(_portable(entry["series_uid"]), {})
+        split[entry["split"]] = split.get(entry["split"], 0) + 1
+    rows = []
+    for series in scan(root).series if root.is_dir() else []:
+        used = counts.get(_portable(series.series_uid), {})
+        role = "training" if used.keys() & {"train", "arch"} else "test" if used else "unused"
+        folder = series.folder.relative_to(root) if series.folder.is_relative_to(root) else None
+        rows.append({
+            "folder": str(folder or series.folder.name),
+            "series_uid": None if series.series_uid.startswith("no-series-uid:")
+            else series.series_uid,
+            "description": series.description,
+            "slices": series.n_slices,
+            "role": role,
+            "patches": used,
+        })  # fmt: skip
+    return rows
 
 
 def base_run(config: dict, depth: int = 0) -> dict | None:
@@ -71,12 +111,10 @@ def build_card(run_dir: Path, name: str, precision: str, extra_citations: list[s
     genotype = json.loads(genotype_file.read_text()) if genotype_file.is_file() else None
     manifest_file = Path(dataset["folder"]) / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    citations = {
-        f"{config['data_root']}/{folder}": text
-        for folder, text in citation_files(Path(config["data_root"])).items()
-    }
+    # Keyed by series folder, relative to the data root: the card is read on other machines.
+    citations = dict(citation_files(Path(config["data_root"])))
     for i, text in enumerate(extra_citations, 1):
-        citations[f"--citation {i}"] = text
+        citations[f"given at export ({i})"] = text
     low, net = metrics["mean_sd"]["low_dose"], metrics["mean_sd"]["network"]
     return {
         "name": name,
@@ -103,7 +141,7 @@ def build_card(run_dir: Path, name: str, precision: str, extra_citations: list[s
             "counts": dataset["counts"],
             "data_root": config["data_root"],
             "test_patients": config["test_patients"],
-            "series": sorted({entry["series_uid"] for entry in manifest.get("slices", [])}),
+            "series": series_table(Path(config["data_root"]), manifest),
             "seconds": metrics["seconds"],
             "device": metrics["device"],
             "run": run_dir.name,

@@ -143,6 +143,11 @@ def test_metadata_and_card_are_complete(exported, trained_run: Path) -> None:
     citations = "\n".join(card["citations"].values())
     assert "10.7937/TCIA.ESHQ-4D90" in citations  # from the pancreas folder's CITATION.txt
     assert "A. Site (2026) own data" in citations
+    # Keyed by series folder, not by this machine's path; each series with what it was for.
+    assert "pancreas-ct-cb-001" in card["citations"]
+    assert not any(Path(key).is_absolute() for key in card["citations"])
+    roles = {row["folder"]: row["role"] for row in card["training"]["series"]}
+    assert roles == {"pancreas-ct-cb-001": "training", "lung-pet-ct-dx-a0001": "test"}
     low, net = card["metrics"]["low_dose_input"], card["metrics"]["denoised"]
     assert set(low) == set(net) >= {"psnr", "ssim", "psnr_window", "ssim_window"}
     assert "lung-pet-ct-dx-a0001" in card["metrics"]["on"]
@@ -250,6 +255,10 @@ def test_shipped_models_are_complete_and_load(path: Path) -> None:
     for doi in ("10.7937/TCIA.ESHQ-4D90", "10.1148/ryai.230024", "10.7937/TCIA.2020.NNC2-0461"):
         assert doi in citations
     assert card["training"]["test_patients"] == ["lung-pet-ct-dx-a0002", "ge-head-std"]
+    roles = {row["folder"]: row["role"] for row in card["training"]["series"]}
+    assert roles == {"pancreas-ct-cb-001": "training", "totalseg-example-j2k": "training",
+                     "lung-pet-ct-dx-a0002": "test", "ge-head-std": "test"}  # fmt: skip
+    assert not any(Path(key).is_absolute() for key in card["citations"])
     base = card["training"]["fine_tuned_from"]  # the whole budget: every run of the chain
     while "fine_tuned_from" in base:
         assert base["seconds"]["retrain"] > 0, base
