@@ -156,6 +156,40 @@ def test_fine_tuning_starts_from_the_given_weights(data_root: Path, tmp_path: Pa
     assert not torch.allclose(_weights(fresh, "best.pt")["stem.weight"], before["stem.weight"])
 
 
+def test_a_fine_tune_that_goes_wrong_ends_where_it_started(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fine-tune whose steps only make the network worse (RED-CNN at lr 3e-4 collapsed to
+    its input): the starting weights are validated as epoch 0 and stay best.pt when no epoch
+    beats them, so the run is scored on them, and it says so."""
+    source_config = _config(data_root, tmp_path / "cache", retrain_epochs=1)
+    source = create_run(tmp_path / "runs", source_config)
+    Trainer(source, source_config, DistContext(torch.device("cpu"))).run()
+
+    def wreck(self: torch.optim.Optimizer, closure: object = None) -> None:
+        with torch.no_grad():  # a finite step that ruins any denoiser: no divergence guard
+            for group in self.param_groups:
+                for weight in group["params"]:
+                    weight.add_(0.5)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", wreck)
+    wrecked_config = replace(
+        _config(data_root, tmp_path / "cache", retrain_epochs=1),
+        genotype=(source / "genotype.json").read_text(),
+        init_weights=str(source / "checkpoints" / "best.pt"),
+    )
+    wrecked = create_run(tmp_path / "runs", wrecked_config)
+    Trainer(wrecked, wrecked_config, DistContext(torch.device("cpu"))).run()
+    before, best = _weights(source, "best.pt"), _weights(wrecked, "best.pt")
+    assert all(torch.equal(before[name], best[name]) for name in before)
+    last = _weights(wrecked, "last.pt")
+    assert not all(torch.equal(before[name], last[name]) for name in before)
+    metrics = json.loads((wrecked / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 0
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "no epoch of the fine-tune beat its starting weights" in said
+
+
 def test_a_fine_tune_may_grow_the_architecture(data_root: Path, tmp_path: Path) -> None:
     """--init-weights with a --genotype that only adds kept edges (recipe v8): accepted, the
     trained cells carry over, the new path starts at zero; any other genotype is refused."""

@@ -3,6 +3,8 @@ given weights when fine-tuning, on train-data, validated on arch-data after ever
 
 Validation: the arch-data slices double as the retraining's validation set (they pick the
 best checkpoint); the test patients are only touched once, at the end (train/evaluation.py).
+A fine-tune's starting weights are validated first and stand as epoch 0, so a fine-tune that
+goes wrong (a learning rate too high for the network) ends where it started, and says so.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class RetrainStage(Stage):
         if "retrain_opt" in state:
             self.optimizer.load_state_dict(state["retrain_opt"])
             self.schedule.load_state_dict(state["retrain_schedule"])
+        elif config.init_weights is not None:
+            self._keep(epoch=0, val_psnr=self._validate())  # the start, before any step
         n_train = trainer.batches.count("train")
         self.steps_per_epoch = epoch_steps(n_train, preset.batch, trainer.ctx)
 
@@ -86,22 +90,39 @@ class RetrainStage(Stage):
         self.optimizer.step()
         return (loss,)
 
-    def end_epoch(self, epoch: int, means: list[float]) -> EpochEnd:
-        """The schedule, validation, and last.pt / best.pt (main process)."""
+    def _validate(self) -> float:
+        return mean_sd(split_quality(self.trainer.batches, self.model, "arch")["psnr"])[0]
+
+    def _keep(self, epoch: int, val_psnr: float) -> None:
+        """last.pt, and best.pt when validation improved (main process)."""
         trainer, config = self.trainer, self.trainer.config
-        self.schedule.step()
-        val_psnr = mean_sd(split_quality(trainer.batches, self.model, "arch")["psnr"])[0]
-        trainer._history("retrain_loss", means[0])
-        trainer._history("val_psnr", val_psnr)
         weights = {"genotype": trainer.state["genotype"], "state_dict": self.model.state_dict(),
                    "arch": config.arch, "dose": config.dose, "preset": trainer.preset.name,
                    "init_weights": config.init_weights,
-                   "epoch": epoch + 1, "val_psnr": val_psnr}  # fmt: skip
-        if trainer.ctx.is_main:
+                   "epoch": epoch, "val_psnr": val_psnr}  # fmt: skip
+        if not trainer.ctx.is_main:
+            return
+        if epoch > 0:
             save_atomically(weights, trainer.checkpoints / "last.pt")
-            if val_psnr > trainer.state.get("best_val_psnr", -math.inf):
-                trainer.state["best_val_psnr"] = val_psnr
-                save_atomically(weights, trainer.checkpoints / "best.pt")
+        if val_psnr > trainer.state.get("best_val_psnr", -math.inf):
+            trainer.state["best_val_psnr"], trainer.state["best_epoch"] = val_psnr, epoch
+            save_atomically(weights, trainer.checkpoints / "best.pt")
+
+    def end_epoch(self, epoch: int, means: list[float]) -> EpochEnd:
+        """The schedule, validation, and last.pt / best.pt (main process)."""
+        trainer = self.trainer
+        self.schedule.step()
+        val_psnr = self._validate()
+        trainer._history("retrain_loss", means[0])
+        trainer._history("val_psnr", val_psnr)
+        self._keep(epoch + 1, val_psnr)
+        start_stood = trainer.state.get("best_epoch") == 0
+        if epoch + 1 == self.epochs and start_stood and trainer.ctx.is_main:
+            console.print(
+                f"[yellow]warning:[/] no epoch of the fine-tune beat its starting weights on "
+                f"validation ({trainer.state['best_val_psnr']:.2f} dB): best.pt keeps them "
+                f"(a lower --lr may help)"
+            )
         return EpochEnd(f"loss {means[0]:.2e} val PSNR {val_psnr:.2f} dB")
 
     def resumable(self) -> dict[str, object]:
