@@ -41,16 +41,19 @@ for d in "${DOSES[@]}"; do
     done
 done
 [ "${SCORE:-1}" = 1 ] || exit 0
+# One report a network (DnCNN's is the folder compare_tables reads first, RED-CNN's its
+# sibling ...-redcnn), so each can be scored as soon as its run ends.
 for d in "${DOSES[@]}"; do
     for series in "${TEST_SERIES[@]}"; do
-        out="$OUT/compare-v10-${d}pct-${series}-grain0"
-        if [ -f "$out/metrics.json" ]; then echo "done already: $out"; continue; fi
-        runs=()
-        for arch in "${ARCHES[@]}"; do runs+=("$(newest_run "$arch" "$d")"); done
-        # evaluate exits 1 after naming a0002's truncated file, and goes on (compare-v7.sh)
-        "$BIN" evaluate "${runs[@]}" --no-bm3d --data "$SHARED_DATA/ct/$series" --dose "$d" \
-            --noise-texture 0 --max-slices "${SLICES:-6}" --figures 2 --seed 0 --device cpu \
-            --out "$out" || [ -f "$out/metrics.json" ]
+        for arch in dncnn redcnn; do
+            out="$OUT/compare-v10-${d}pct-${series}-grain0"
+            [ "$arch" = dncnn ] || out="$out-$arch"
+            if [ -f "$out/metrics.json" ]; then echo "done already: $out"; continue; fi
+            # evaluate exits 1 after naming a0002's truncated file, and goes on (compare-v7.sh)
+            "$BIN" evaluate "$(newest_run "$arch" "$d")" --no-bm3d --data "$SHARED_DATA/ct/$series" \
+                --dose "$d" --noise-texture 0 --max-slices "${SLICES:-6}" --figures 2 --seed 0 \
+                --device cpu --out "$out" || [ -f "$out/metrics.json" ]
+        done
     done
 done
 "$PY" bench/compare_tables.py --results "$OUT" --name compare-v10 --grain 0 \
