@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from manas_infer import __version__
-from manas_infer.data.series import scan
+from manas_infer.data.series import portable_series_key, scan
 
 INTENDED_USE = (
     "Research and workflow evaluation of low-dose CT denoising. Not for primary diagnosis: "
@@ -37,15 +37,6 @@ def citation_files(root: Path, max_depth: int = 3) -> dict[str, str]:
     return found
 
 
-def _portable(series_key: str) -> str:
-    """A series key without the machine's path: files without a SeriesInstanceUID are keyed
-    by their folder's path (``data.series.series_key_of``); keep only the folder's name."""
-    if not series_key.startswith("no-series-uid:"):
-        return series_key
-    folder, *rest = series_key.removeprefix("no-series-uid:").split("|")
-    return "|".join([Path(folder).name, *rest])
-
-
 def series_table(root: Path, manifest: dict) -> list[dict]:
     """One row per series under the data root: its folder (relative, so the card reads the
     same on any machine), its SeriesInstanceUID, and what the run did with it, counted from
@@ -57,11 +48,11 @@ def series_table(root: Path, manifest: dict) -> list[dict]:
     root = Path(root)
     counts: dict[str, dict[str, int]] = {}
     for entry in manifest.get("slices", []):
-        split = counts.setdefault(_portable(entry["series_uid"]), {})
+        split = counts.setdefault(portable_series_key(entry["series_uid"]), {})
         split[entry["split"]] = split.get(entry["split"], 0) + 1
     rows = []
     for series in scan(root).series if root.is_dir() else []:
-        used = counts.get(_portable(series.series_uid), {})
+        used = counts.get(portable_series_key(series.series_uid), {})
         role = "training" if used.keys() & {"train", "arch"} else "test" if used else "unused"
         folder = series.folder.relative_to(root) if series.folder.is_relative_to(root) else None
         rows.append({

@@ -60,6 +60,15 @@ def series_key_of(ds: Dataset, path: Path) -> str:
     return "no-series-uid:" + "|".join(str(part) for part in parts)
 
 
+def portable_series_key(key: str) -> str:
+    """``series_key_of``'s key without this machine's path (a key without a
+    SeriesInstanceUID names its folder's path): the folder's name only, for model cards."""
+    if not key.startswith("no-series-uid:"):
+        return key
+    folder, *rest = key.removeprefix("no-series-uid:").split("|")
+    return "|".join([Path(folder).name, *rest])
+
+
 def _sop_class_name(uid: str) -> str:
     return UID(uid).name if uid else "no SOP class"
 
