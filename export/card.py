@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from manas_infer import __version__
-from manas_infer.data.series import portable_series_key, scan
+from manas_infer.data.series import is_series_uid, portable_series_key, scan
 
 INTENDED_USE = (
     "Research and workflow evaluation of low-dose CT denoising. Not for primary diagnosis: "
@@ -57,8 +57,7 @@ def series_table(root: Path, manifest: dict) -> list[dict]:
         folder = series.folder.relative_to(root) if series.folder.is_relative_to(root) else None
         rows.append({
             "folder": str(folder or series.folder.name),
-            "series_uid": None if series.series_uid.startswith("no-series-uid:")
-            else series.series_uid,
+            "series_uid": series.series_uid if is_series_uid(series.series_uid) else None,
             "description": series.description,
             "slices": series.n_slices,
             "role": role,

@@ -168,3 +168,23 @@ def test_padding_pixels_stay_padding(tmp_path: Path) -> None:
     for ds in (pydicom.dcmread(f) for f in sorted((tmp_path / "out").glob("*.dcm"))):
         assert int(ds.pixel_array[:20].max()) == 0
         assert int(ds.pixel_array[250:260, 250:260].min()) > 0  # body centre
+
+
+def test_a_source_without_series_uid_is_referenced_by_its_images_only(tmp_path: Path) -> None:
+    """Files without a SeriesInstanceUID are grouped by folder (a stand-in key): the derived
+    series must not name that key as a UID; it references each source image instead."""
+    copy_slices(CHEST, tmp_path / "source", 3, start=29)
+    for path in sorted((tmp_path / "source").glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        del ds.SeriesInstanceUID
+        ds.save_as(path)
+    series = _series(tmp_path / "source")
+    assert any("no SeriesInstanceUID" in w for w in series.warnings)
+    out = _write(series, tmp_path / "out")
+    assert len({ds.SeriesInstanceUID for ds in out}) == 1
+    for ds, header in zip(out, series.slices, strict=True):
+        assert pydicom.uid.UID(ds.SeriesInstanceUID).is_valid  # a UID, not the stand-in key
+        assert "no-series-uid" not in ds.SeriesInstanceUID
+        assert "ReferencedSeriesSequence" not in ds
+        (ref,) = ds.SourceImageSequence
+        assert ref.ReferencedSOPInstanceUID == header.sop_instance_uid

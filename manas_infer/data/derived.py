@@ -28,6 +28,7 @@ from manas_infer.data.series import (
     CT_IMAGE_STORAGE,
     CTSeries,
     SliceHeader,
+    is_series_uid,
     sop_class_of,
     sop_instance_of,
 )
@@ -269,7 +270,7 @@ def _reference_source(ds: Dataset, series: CTSeries, header: SliceHeader) -> Non
     )
     source_item.SpatialLocationsPreserved = "YES"
     ds.SourceImageSequence = Sequence([source_item])
-    if series.series_uid.startswith("no-series-uid:"):
+    if not is_series_uid(series.series_uid):
         return
     instance = Dataset()
     instance.ReferencedSOPClassUID = source_class

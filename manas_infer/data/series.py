@@ -50,6 +50,15 @@ def sop_instance_of(ds: Dataset) -> str:
     return value
 
 
+# How a series key made without a SeriesInstanceUID begins (``series_key_of``).
+NO_UID_PREFIX = "no-series-uid:"
+
+
+def is_series_uid(key: str) -> bool:
+    """True when a series key is the files' own SeriesInstanceUID, not a stand-in."""
+    return not key.startswith(NO_UID_PREFIX)
+
+
 def series_key_of(ds: Dataset, path: Path) -> str:
     """Group key: SeriesInstanceUID, or for files without one (real data has them) the
     folder, frame of reference and series number, which together stand for the series."""
@@ -57,15 +66,15 @@ def series_key_of(ds: Dataset, path: Path) -> str:
     if uid:
         return uid
     parts = (path.parent, ds.get("FrameOfReferenceUID", ""), ds.get("SeriesNumber", ""))
-    return "no-series-uid:" + "|".join(str(part) for part in parts)
+    return NO_UID_PREFIX + "|".join(str(part) for part in parts)
 
 
 def portable_series_key(key: str) -> str:
     """``series_key_of``'s key without this machine's path (a key without a
     SeriesInstanceUID names its folder's path): the folder's name only, for model cards."""
-    if not key.startswith("no-series-uid:"):
+    if is_series_uid(key):
         return key
-    folder, *rest = key.removeprefix("no-series-uid:").split("|")
+    folder, *rest = key.removeprefix(NO_UID_PREFIX).split("|")
     return "|".join([Path(folder).name, *rest])
 
 
@@ -290,7 +299,7 @@ def _check_series(series_uid: str, items: list[tuple[Path, Dataset]]) -> CTSerie
     )
 
     warnings = []
-    if series_uid.startswith("no-series-uid:"):
+    if not is_series_uid(series_uid):
         warnings.append("no SeriesInstanceUID: files grouped by folder and frame of reference")
     locations = np.array([header.location for header in slices])
     if len(locations) > 1 and np.any(np.diff(locations) < 1e-3):
