@@ -19,8 +19,9 @@ Sections, each timed and guarded (one that fails records its error line and the 
 * search: the paper preset's super-net (C=8, L=12, D=4, P=3, 256 x 256, batch 2) on the GPU,
   ``search_step`` (weight + architecture step) under bf16 autocast: seconds per step and
   ``torch.cuda.max_memory_allocated`` with activation checkpointing on and off.
-* retrain: the network derived from that super-net (K=5), training steps under bf16
-  autocast: seconds per step and peak memory.
+* retrain: the network derived from that super-net (K=5), and the shipped 5 % network at its
+  own batch and patch size, training steps in bf16 autocast, float32 with TF32 and float32:
+  seconds per step, images per second, peak memory and the loss's distance from float32's.
 * nccl: ``torchrun --nproc_per_node=1 --standalone`` of this script's ``--nccl-worker``: NCCL
   init, an all_reduce and DDP steps of a small derived network; exit code and a JSON line.
 * inference: the derived networks on 512 x 512 slices (the trained network kept in
@@ -691,6 +692,13 @@ class Check:
     # ------------------------------------------------------------------ retrain
 
     def section_retrain(self, s: Section, deadline: float) -> None:
+        """Training steps of a derived network in each precision training could use: bf16
+        autocast (what ``train/device_policy.py`` does on a GPU), float32 with TF32, plain
+        float32. Two networks: the paper-size net derived by the search section at the
+        preset's batch and size, and the shipped 5 % network at the batch and patch size it
+        was trained with (``cpu-long``). Each row also says how far the step's loss, before
+        the step, is from float32's on the same batch and weights: the price of the
+        precision in what the optimiser sees."""
         import torch
 
         from manas_infer.train.network import DerivedNetwork
@@ -698,44 +706,75 @@ class Check:
         from manas_infer.train.profile import count_flops, count_parameters
 
         p, cfg, dev = PRESETS[self.cfg.preset], self.cfg, self.device
-        batch, size = cfg.batch or p.batch, cfg.size or p.size
         genotype, origin = paper_genotype(self.ctx, self.cfg)
         loss_fn, loss_name = loss_function()
-        hu = resized(self.hu, size)
-        low, normal = normalize(noisy(hu))[:batch].to(dev), normalize(hu)[:batch].to(dev)
         torch.manual_seed(1)
-        model = DerivedNetwork(genotype).to(dev).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
-        s.results.update(
-            genotype=origin,
-            edges=len(genotype.edges),
-            parameters=count_parameters(model),
-            gflops_per_image=round(count_flops(model, size, size) / 1e9, 3),
-            size=size,
-            batch=batch,
-            loss=loss_name,
-            autocast="bfloat16",
-        )
+        shipped, shipped_from = trained_network()
+        long = PRESETS["cpu-long"]
+        nets = [
+            ("paper-derived", DerivedNetwork(genotype), origin, cfg.batch or p.batch,
+             cfg.size or p.size, p.lr),
+            ("trained", shipped, shipped_from, cfg.batch or long.batch, cfg.size or long.size,
+             long.lr),
+        ]  # fmt: skip
+        s.results.update(genotype=origin, loss=loss_name, networks=[])
+        for label, net, source, batch, size, lr in nets:
+            hu = resized(self.hu, size)
+            reps = -(-batch // len(hu))  # the few real slices repeated up to the batch
+            low = normalize(noisy(hu.repeat(reps, 1, 1, 1)))[:batch].to(dev)
+            normal = normalize(hu.repeat(reps, 1, 1, 1))[:batch].to(dev)
+            s.results["networks"].append({
+                "network": label, "from": source, "parameters": count_parameters(net),
+                "gflops_per_image": round(count_flops(net, size, size) / 1e9, 3),
+                "batch": batch, "size": size,
+            })  # fmt: skip
+            for precision in ("bfloat16-autocast", "float32+tf32", "float32"):
+                row: dict[str, Any] = {"network": label, "precision": precision,
+                                       "batch": batch, "size": size}  # fmt: skip
+                s.rows.append(row)
+                if time.perf_counter() > deadline:
+                    row["skipped"] = "section time share used up"
+                    s.partial(f"{label} {precision}: skipped (time share used up)")
+                    continue
+                model = copy.deepcopy(net).to(dev).train()
+                optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
-        def step() -> float:
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, torch.bfloat16):
-                loss = loss_fn(model(low), normal)
-            loss.backward()
-            optimizer.step()
-            return float(loss.detach())
+                def loss_in(precision: str, model=model, low=low, normal=normal) -> Any:
+                    if precision == "bfloat16-autocast":
+                        with torch.autocast(dev.type, torch.bfloat16):
+                            return loss_fn(model(low), normal)
+                    with tf32(dev, precision == "float32+tf32"):
+                        return loss_fn(model(low), normal)
 
-        times, losses = time_steps(step, cfg, deadline, dev, s)
-        s.rows.append(
-            {
-                "checkpointing": False,
-                **step_times(times, cfg),
-                "last_loss": losses[-1],
-                "losses_finite": all(math.isfinite(v) for v in losses),
-                **peak_mib(dev),
-            }
+                def step(precision=precision, model=model, optimizer=optimizer) -> float:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_in(precision, model)
+                    loss.backward()
+                    optimizer.step()
+                    return float(loss.detach())
+
+                try:
+                    with torch.no_grad():
+                        first = float(loss_in(precision))
+                        exact = float(loss_in("float32"))
+                    times, losses = time_steps(step, cfg, deadline, dev, s, f"{label} ")
+                    row.update(
+                        **step_times(times, cfg),
+                        images_per_s=round(batch / statistics.median(times), 1),
+                        loss_vs_float32=round(abs(first - exact) / exact, 5) if exact else None,
+                        last_loss=losses[-1],
+                        losses_finite=all(math.isfinite(v) for v in losses),
+                        **peak_mib(dev),
+                    )
+                except Exception as e:
+                    row["error"] = one_line(e)
+                    s.partial(f"{label} {precision}: {one_line(e)}")
+                del model, optimizer
+                free_memory(dev)
+        s.notes.append(
+            "loss vs float32: |loss - float32 loss| / float32 loss on the same batch and "
+            "weights before any step; images / s counts the training images of one step"
         )
-        s.notes.append("the derived network has no checkpointing option: one configuration")
 
     # ------------------------------------------------------------------ nccl
 
@@ -1180,7 +1219,18 @@ _TRAINING_COLUMNS = [  # the search and the retraining report the same step figu
 ]
 COLUMNS = {
     "search": _TRAINING_COLUMNS,
-    "retrain": _TRAINING_COLUMNS,
+    "retrain": [
+        ("network", "network"),
+        ("precision", "precision"),
+        ("batch", "batch"),
+        ("size", "size"),
+        ("s_per_step", "s / step (median)"),
+        ("images_per_s", "images / s"),
+        ("loss_vs_float32", "loss vs float32"),
+        ("peak_allocated_mib", "peak allocated MiB"),
+        ("last_loss", "loss"),
+        ("losses_finite", "finite"),
+    ],
     "inference": [
         ("network", "network"),
         ("precision", "precision"),
@@ -1265,10 +1315,19 @@ def render_markdown(d: dict[str, Any]) -> str:
         if results:
             lines += [f"- {k}: {_cell(v)}" for k, v in results.items()] + [""]
         for net in sec.get("results", {}).get("networks", []):
+            if "gflops_per_slice" in net:  # inference: one 512 x 512 slice
+                cost = (
+                    f"{net['gflops_per_slice']} GFLOPs per slice, CPU float32 "
+                    f"{net['cpu_float32_s_per_slice']} s per slice"
+                )
+            else:  # retrain: one training image
+                cost = (
+                    f"{net['gflops_per_image']} GFLOPs per {net['size']} px image, "
+                    f"batch {net['batch']}"
+                )
             lines.append(
                 f"- network **{net['network']}**: {net['from']}; {net['parameters']:,} "
-                f"parameters, {net['gflops_per_slice']} GFLOPs per slice, CPU float32 "
-                f"{net['cpu_float32_s_per_slice']} s per slice"
+                f"parameters, {cost}"
             )
         worker = sec.get("results", {}).get("worker")
         if worker:

@@ -5,6 +5,7 @@ free memory, and losses are read once an epoch."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -16,11 +17,16 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import REPO
 
 from manas_infer.device import resolve_device
 from manas_infer.errors import InputProblem
 from manas_infer.train import distributed
-from manas_infer.train.device_policy import decide_checkpointing, search_needs_checkpoint
+from manas_infer.train.device_policy import (
+    decide_checkpointing,
+    search_needs_checkpoint,
+    uses_autocast,
+)
 from manas_infer.train.distributed import (
     DEFAULT_TIMEOUT,
     DistContext,
@@ -229,6 +235,30 @@ def test_checkpointing_only_when_the_plain_step_does_not_fit() -> None:
     assert search_needs_checkpoint(22 * GIB, 24 * GIB)  # a 24 GB GPU: checkpoint
     assert not search_needs_checkpoint(85 * GIB, 100 * GIB)
     assert search_needs_checkpoint(86 * GIB, 100 * GIB)
+
+
+def test_bf16_autocast_for_the_search_supernet_on_a_gpu_only() -> None:
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert uses_autocast(gpu, "search")  # memory: the paper super-net's activations
+    assert not uses_autocast(gpu, "retrain") and not uses_autocast(cpu, "retrain")
+    assert not uses_autocast(cpu, "search")
+    with pytest.raises(ValueError, match="stage"):
+        uses_autocast(gpu, "derive")
+
+
+def test_the_retrain_precision_follows_the_gpu_measurement() -> None:
+    """The policy's reason, read from the H200 run of bench/gpu_check.py: for each network the
+    retraining step in bf16 autocast is no faster than in float32 (TF32 on or off) and
+    moves the loss further from float32's than TF32 does."""
+    results = json.loads((REPO / "bench" / "results" / "gpu-check.json").read_text())
+    assert results["mode"] == "gpu" and "H200" in results["environment"]["device_name"]
+    rows = results["sections"]["retrain"]["rows"]
+    by = {(r["network"], r["precision"]): r for r in rows}
+    for network in ("paper-derived", "trained"):
+        bf16 = by[network, "bfloat16-autocast"]
+        fastest_float32 = min(by[network, p]["s_per_step"] for p in ("float32", "float32+tf32"))
+        assert bf16["s_per_step"] > fastest_float32
+        assert bf16["loss_vs_float32"] > 5 * by[network, "float32+tf32"]["loss_vs_float32"]
 
 
 def _free_memory(monkeypatch: pytest.MonkeyPatch, free: float, cached: float = 0.0) -> None:

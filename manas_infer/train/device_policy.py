@@ -1,12 +1,18 @@
 """How training computes on each kind of device: every precision and memory trade-off of
 the training loop, in one place.
 
-- Autocast: bf16 on CUDA GPUs (the range of float32, so no loss scaling), plain float32
-  elsewhere. The loss and the VGG features run in float32 inside it (train/loss.py,
-  train/perceptual.py).
+- Autocast: bf16 for the search's super-net on CUDA GPUs (the range of float32, so no loss
+  scaling), where it is a matter of memory (the paper preset's plain step: 14.0 GiB peak on
+  an H200); plain float32 for the retrained network everywhere, and for everything on a
+  CPU. The loss and the VGG features run in float32 inside autocast (train/loss.py,
+  train/perceptual.py). Why not the retrained network: on an H200 its bf16 steps were
+  slower than float32 (the shipped 5 % net at 16 x 96 px: 0.047 s a step against 0.035 with
+  TF32; the paper-size derived net: 0.135 against 0.090) and moved the loss the optimiser
+  sees by 1.5-2.7 % (TF32: 0.03-0.3 %): a denoiser's output is judged to a few HU, and bf16
+  keeps 8 bits (bench/results/gpu-check.md, retrain section).
 - TF32: training sets nothing and runs under torch's defaults (cuDNN convolutions may use
-  TF32, float32 matrix products do not); the convolutions run in bf16 under autocast
-  anyway. Inference is another matter: its sessions turn TF32 off (runtime/providers.py).
+  TF32, float32 matrix products do not). Inference is another matter: its sessions turn
+  TF32 off (runtime/providers.py).
 - Memory layout: channels-last (NHWC) for the retrained net on a CPU, where its
   convolutions run about 25 % faster; the GPU keeps the default layout.
 - Activation checkpointing of the search's super-net: only where a plain search step
@@ -22,9 +28,12 @@ from manas_infer.train.presets import Preset, search_step_bytes
 AUTOCAST_DTYPE = torch.bfloat16
 
 
-def uses_autocast(device: torch.device) -> bool:
-    """Whether training steps on ``device`` run under bf16 autocast."""
-    return device.type == "cuda"
+def uses_autocast(device: torch.device, stage: str) -> bool:
+    """Whether the training steps of ``stage`` ("search" or "retrain") on ``device`` run
+    under bf16 autocast: the search's super-net on a GPU only (see the module's note)."""
+    if stage not in ("search", "retrain"):
+        raise ValueError(f"unknown training stage {stage!r}")
+    return stage == "search" and device.type == "cuda"
 
 
 def autocast(device_type: str, enabled: bool) -> torch.autocast:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from manas_infer.console import console
 from manas_infer.metrics import mean_sd
-from manas_infer.train.device_policy import autocast, retrain_layout
+from manas_infer.train.device_policy import autocast, retrain_layout, uses_autocast
 from manas_infer.train.distributed import data_parallel
 from manas_infer.train.epochs import EpochEnd, Stage, epoch_batches, epoch_steps, run_epochs
 from manas_infer.train.evaluation import split_quality
@@ -84,7 +84,7 @@ class RetrainStage(Stage):
             "train", idx, on_device=at, fresh_noise=True, augment=True
         )
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(trainer.device.type, enabled=trainer.autocast):
+        with autocast(trainer.device.type, enabled=uses_autocast(trainer.device, "retrain")):
             loss = trainer.loss(self.ddp_model(low), normal)
         loss.backward()
         self.optimizer.step()

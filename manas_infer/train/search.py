@@ -26,7 +26,7 @@ from manas_infer.train.derive import (
     derive_cells,
     derive_genotype,
 )
-from manas_infer.train.device_policy import decide_checkpointing
+from manas_infer.train.device_policy import decide_checkpointing, uses_autocast
 from manas_infer.train.distributed import any_flag, broadcast_flag, data_parallel
 from manas_infer.train.epochs import EpochEnd, Stage, epoch_batches, epoch_steps, run_epochs
 from manas_infer.train.genotype import Genotype
@@ -125,7 +125,7 @@ class SearchStage(Stage):
         train_batch = batches.pairs("train", idx, on_device=at, fresh_noise=True, augment=True)
         return search_step(
             self.ddp_model, self.weights_opt, self.architect, train_batch, arch_batch,
-            self.trainer.loss, self.trainer.autocast,
+            self.trainer.loss, uses_autocast(self.trainer.device, "search"),
         )  # fmt: skip
 
     def end_epoch(self, epoch: int, means: list[float]) -> EpochEnd:

@@ -24,7 +24,6 @@ from manas_infer.errors import InputProblem
 from manas_infer.train.augment import Augmentation
 from manas_infer.train.batches import Batches, load_natives, load_splits, prepare_for_run
 from manas_infer.train.dataset import FreshNoise
-from manas_infer.train.device_policy import uses_autocast
 from manas_infer.train.distributed import DistContext, any_flag, barrier, gather_to_main
 from manas_infer.train.epochs import LossSum
 from manas_infer.train.evaluation import evaluate
@@ -93,7 +92,6 @@ class Trainer:
         self.folder, self.config, self.ctx = Path(folder), config, ctx
         self.preset = config.preset
         self.device = ctx.device
-        self.autocast = uses_autocast(self.device)
         self.checkpoints = self.folder / "checkpoints"
         self.state_path = self.checkpoints / "state.pt"
         self.loss = DenoiseLoss(
