@@ -179,7 +179,8 @@ def train(
     seed: int = typer.Option(0, help="Seed: the same seed and data give the same run."),
     device: str = typer.Option(
         "auto",
-        help="auto, cpu, cuda or cuda:N (GPU N; bf16 autocast on CUDA). Under torchrun each "
+        help="auto, cpu, cuda or cuda:N (GPU N; on CUDA the search runs under bf16 autocast, "
+        "the retraining in float32). Under torchrun each "
         "process takes the GPU of its LOCAL_RANK: choose GPUs with CUDA_VISIBLE_DEVICES.",
     ),
     checkpoint: bool | None = typer.Option(
