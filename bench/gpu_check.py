@@ -701,6 +701,7 @@ class Check:
         precision in what the optimiser sees."""
         import torch
 
+        from manas_infer.train import device_policy
         from manas_infer.train.network import DerivedNetwork
         from manas_infer.train.presets import PRESETS
         from manas_infer.train.profile import count_flops, count_parameters
@@ -739,24 +740,32 @@ class Check:
                 model = copy.deepcopy(net).to(dev).train()
                 optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
-                def loss_in(precision: str, model=model, low=low, normal=normal) -> Any:
+                def flags(precision: str) -> contextlib.AbstractContextManager:
+                    """TF32 on or off for the forward and the backward pass; bf16 autocast
+                    keeps torch's defaults, as training does."""
                     if precision == "bfloat16-autocast":
-                        with torch.autocast(dev.type, torch.bfloat16):
-                            return loss_fn(model(low), normal)
-                    with tf32(dev, precision == "float32+tf32"):
+                        return contextlib.nullcontext()
+                    return tf32(dev, precision == "float32+tf32")
+
+                def loss_in(precision: str, model=model, low=low, normal=normal) -> Any:
+                    # The training loop's own autocast context (train/device_policy.py).
+                    with device_policy.autocast(dev.type, precision == "bfloat16-autocast"):
                         return loss_fn(model(low), normal)
 
                 def step(precision=precision, model=model, optimizer=optimizer) -> float:
                     optimizer.zero_grad(set_to_none=True)
-                    loss = loss_in(precision, model)
-                    loss.backward()
+                    with flags(precision):
+                        loss = loss_in(precision, model)
+                        loss.backward()
                     optimizer.step()
                     return float(loss.detach())
 
                 try:
                     with torch.no_grad():
-                        first = float(loss_in(precision))
-                        exact = float(loss_in("float32"))
+                        with flags(precision):
+                            first = float(loss_in(precision))
+                        with flags("float32"):
+                            exact = float(loss_in("float32"))
                     times, losses = time_steps(step, cfg, deadline, dev, s, f"{label} ")
                     row.update(
                         **step_times(times, cfg),

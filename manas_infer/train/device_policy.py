@@ -6,8 +6,8 @@ the training loop, in one place.
   an H200); plain float32 for the retrained network everywhere, and for everything on a
   CPU. The loss and the VGG features run in float32 inside autocast (train/loss.py,
   train/perceptual.py). Why not the retrained network: on an H200 its bf16 steps were
-  slower than float32 (the shipped 5 % net at 16 x 96 px: 0.047 s a step against 0.035 with
-  TF32; the paper-size derived net: 0.135 against 0.090) and moved the loss the optimiser
+  slower than float32 (the shipped 5 % net at 16 x 96 px: 0.033 s a step against 0.027 with
+  TF32; the paper-size derived net: 0.113 against 0.078) and moved the loss the optimiser
   sees by 1.5-2.7 % (TF32: 0.03-0.3 %): a denoiser's output is judged to a few HU, and bf16
   keeps 8 bits (bench/results/gpu-check.md, retrain section).
 - TF32: training sets nothing and runs under torch's defaults (cuDNN convolutions may use
